@@ -1,0 +1,115 @@
+"""mlflow-weightviz: watch a network's weights move during training, in MLflow.
+
+Capture weight snapshots into an MLflow run, render them as annotated-heatmap GIFs and
+log the GIFs back to the run. Heavy dependencies (mlflow, matplotlib, training
+frameworks) are imported only when a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from mlflow_weightviz.capture import log_snapshot
+    from mlflow_weightviz.encoders import GifEncoder, frames_to_gif
+    from mlflow_weightviz.errors import (
+        MissingDependencyError,
+        OutputError,
+        PickleNotAllowedError,
+        RunNotFoundError,
+        ShapeMismatchError,
+        SnapshotError,
+        SnapshotFormatError,
+        SnapshotsNotFoundError,
+        TrackingServerError,
+        UsageError,
+        WeightvizError,
+    )
+    from mlflow_weightviz.frames import HeatmapRenderer
+    from mlflow_weightviz.options import Pool, RenderOptions, Scale, View, WeightvizWarning
+    from mlflow_weightviz.pipeline import (
+        LayerResult,
+        LayerSummary,
+        RenderResult,
+        inspect_file,
+        inspect_run,
+        render_file,
+        render_run,
+    )
+    from mlflow_weightviz.snapshots import Snapshot, read_snapshots
+
+__all__ = [
+    "GifEncoder",
+    "HeatmapRenderer",
+    "LayerResult",
+    "LayerSummary",
+    "MissingDependencyError",
+    "OutputError",
+    "PickleNotAllowedError",
+    "Pool",
+    "RenderOptions",
+    "RenderResult",
+    "RunNotFoundError",
+    "Scale",
+    "ShapeMismatchError",
+    "Snapshot",
+    "SnapshotError",
+    "SnapshotFormatError",
+    "SnapshotsNotFoundError",
+    "TrackingServerError",
+    "UsageError",
+    "View",
+    "WeightvizError",
+    "WeightvizWarning",
+    "__version__",
+    "frames_to_gif",
+    "inspect_file",
+    "inspect_run",
+    "log_snapshot",
+    "read_snapshots",
+    "render_file",
+    "render_run",
+]
+
+# Where each public name lives; resolved on first use (PEP 562) to keep imports light.
+_LOCATIONS = {
+    "log_snapshot": "capture",
+    "GifEncoder": "encoders",
+    "frames_to_gif": "encoders",
+    "HeatmapRenderer": "frames",
+    "Pool": "options",
+    "RenderOptions": "options",
+    "Scale": "options",
+    "View": "options",
+    "WeightvizWarning": "options",
+    "LayerResult": "pipeline",
+    "LayerSummary": "pipeline",
+    "RenderResult": "pipeline",
+    "inspect_file": "pipeline",
+    "inspect_run": "pipeline",
+    "render_file": "pipeline",
+    "render_run": "pipeline",
+    "Snapshot": "snapshots",
+    "read_snapshots": "snapshots",
+}
+_LOCATIONS.update(dict.fromkeys(
+    ["MissingDependencyError", "OutputError", "PickleNotAllowedError", "RunNotFoundError", "ShapeMismatchError",
+     "SnapshotError", "SnapshotFormatError", "SnapshotsNotFoundError", "TrackingServerError", "UsageError",
+     "WeightvizError"], "errors"))
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        msg = f"module 'mlflow_weightviz' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"mlflow_weightviz.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,297 @@
+"""The ``mlflow-weightviz`` command line: parse options, call the Python API, report.
+
+Commands only parse their options into :class:`~mlflow_weightviz.options.RenderOptions`
+and call the public API. Errors are turned into one line on stderr and an exit code in
+one place, :func:`_errors`; ``--debug`` shows the traceback instead. Heavy packages are
+imported inside the commands so ``--help`` stays fast.
+"""
+
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mlflow_weightviz import __version__
+from mlflow_weightviz.errors import WeightvizError
+from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
+
+app = typer.Typer(
+    name="mlflow-weightviz",
+    help="Render MLflow runs' weight snapshots as annotated-heatmap GIFs and log them back to the run.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# ------------------------------------------------------------------ shared options
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+TrackingUri = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+    help="MLflow tracking URI; MLflow's default (sqlite:///mlflow.db) when unset.")]
+Source = Annotated[str, typer.Option("--source", help="Artifact path of the snapshots in the run (file or folder).")]
+AllowPickle = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow reading Python pickles. Unpickling can run arbitrary code: trusted files only.")]
+Layer = Annotated[Optional[list[str]], typer.Option(
+    "--layer", "-l", help="Layer name or glob to render (repeatable); all layers by default.")]
+
+
+def _render_option_params(
+    layer: Layer = None,
+    scale: Annotated[Scale, typer.Option(help="One colour scale for all frames, or one per frame.")] = Scale.GLOBAL,
+    vmin: Annotated[Optional[float], typer.Option(help="Fix the low end of the colour scale.")] = None,
+    vmax: Annotated[Optional[float], typer.Option(help="Fix the high end of the colour scale.")] = None,
+    cmap: Annotated[Optional[str], typer.Option(
+        help="Matplotlib colormap; default RdBu_r (centred on 0) for signed layers, else YlGn.")] = None,
+    annotate: Annotated[Optional[bool], typer.Option(
+        "--annotate/--no-annotate", help="Write values in the cells; by default only when they fit.")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        help="Value format such as '{x:.3f}'; by default precise enough to show change between frames.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Block-pool larger matrices down to this many rows.")] = 64,
+    max_cols: Annotated[int, typer.Option(help="Block-pool larger matrices down to this many columns.")] = 64,
+    pool: Annotated[Pool, typer.Option(help="How a pooled block becomes one cell.")] = Pool.MEAN,
+    row_label: Annotated[str, typer.Option(help="Prefix of row tick labels, e.g. embed_dim_.")] = "",
+    col_label: Annotated[str, typer.Option(help="Prefix of column tick labels, e.g. orig_dim_.")] = "",
+    frame_ms: Annotated[int, typer.Option(help="Milliseconds per frame (GIF delays are 10 ms units).")] = 200,
+    fps: Annotated[Optional[float], typer.Option(help="Frames per second; overrides --frame-ms.")] = None,
+    hold_last_ms: Annotated[int, typer.Option(help="Milliseconds the last frame stays on screen.")] = 1000,
+    loop: Annotated[int, typer.Option(help="Times to loop: 0 forever; -1 plays once.")] = 0,
+    max_frames: Annotated[Optional[int], typer.Option(
+        help="Sample this many frames evenly (first and last always kept).")] = None,
+    dpi: Annotated[int, typer.Option(help="Figure resolution.")] = 100,
+    view: Annotated[View, typer.Option(help="Draw the weights, or their change since the start / last frame.")]
+    = View.WEIGHTS,
+    allow_pickle: AllowPickle = False,
+    workers: Annotated[int, typer.Option(help="Processes drawing frames in parallel.")] = 1,
+) -> RenderOptions:
+    return RenderOptions(
+        layers=tuple(layer or ()), scale=scale, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, fmt=fmt,
+        max_rows=max_rows, max_cols=max_cols, pool=pool, row_label=row_label, col_label=col_label,
+        frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
+        max_frames=max_frames, dpi=dpi, view=view, allow_pickle=allow_pickle, workers=workers)
+
+
+def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` every render option; it receives them as one ``options`` argument.
+
+    The options are built inside the command's error handler, so a bad value is reported
+    like any other error.
+    """
+    shared = inspect.signature(_render_option_params).parameters
+    own = [p for name, p in inspect.signature(command).parameters.items() if name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        values = {name: kwargs.pop(name) for name in shared}
+        command(options=functools.partial(_render_option_params, **values), **kwargs)
+
+    params = own + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shared.values()]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+# ---------------------------------------------------------------- error handling
+
+
+@contextlib.contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """The CLI's one error handler: one line on stderr and the error's exit code."""
+    from mlflow_weightviz._tracking import HTTP_DEFAULTS
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # MLflow's own download bars and INFO lines would drown the one-line reports.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except (typer.Exit, typer.Abort):
+            raise
+        except WeightvizError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if debug:
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)", 1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    raise typer.Exit(code)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    from mlflow_weightviz.options import WeightvizWarning
+
+    if issubclass(category, WeightvizWarning):
+        sys.stderr.write(f"warning: {_one_line(str(message))}\n")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, description: str) -> Iterator[Callable[[int, int], None]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=quiet or not console.is_terminal, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _report(result: Any) -> None:
+    if result.status == "up_to_date":
+        typer.echo(f"run {result.run_id} is up to date: its GIFs match these snapshots and options "
+                   "(--force renders again)")
+        return
+    for layer in result.layers:
+        where = [str(w) for w in (layer.artifact_path, layer.local_path) if w]
+        typer.echo(f"{layer.layer}: {layer.frames} frames, grid {layer.grid[0]}×{layer.grid[1]} → "
+                   f"{', '.join(where) or layer.file_name}")
+
+
+# ------------------------------------------------------------------------ commands
+
+
+@app.command()
+@with_render_options
+def render(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run whose snapshots to render.")],
+    options: Callable[[], RenderOptions],
+    source: Source = "weights",
+    artifact_path: Annotated[str, typer.Option(help="Where the GIFs go in the run.")] = "weightviz",
+    tracking_uri: TrackingUri = None,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Log the GIFs to the run.")] = True,
+    force: Annotated[bool, typer.Option(help="Render even if the run is up to date.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Local copy of the GIF (one layer).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Folder for local copies, one GIF per layer.")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Render a run's snapshots to one GIF per layer and log them to the run."""
+    with _errors(debug):
+        from mlflow_weightviz.pipeline import render_run
+
+        opts = options()
+        with _progress(quiet, "rendering") as progress:
+            result = render_run(run_id, opts, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri,
+                                log=log, force=force, out=out, output_dir=output_dir, progress=progress)
+        _report(result)
+
+
+@app.command("render-file")
+@with_render_options
+def render_file(
+    path: Annotated[Path, typer.Argument(help="A snapshot file or folder (.npz, .npy, .safetensors, .pt, pickle).")],
+    options: Callable[[], RenderOptions],
+    out: Annotated[Optional[Path], typer.Option(help="Output GIF (one layer).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the GIFs, one per layer; the current folder by default.")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Render a local snapshot file or folder to GIFs; no MLflow needed."""
+    with _errors(debug):
+        from mlflow_weightviz.pipeline import render_file as render_file_api
+
+        opts = options()
+        with _progress(quiet, "rendering") as progress:
+            result = render_file_api(path, opts, out=out, output_dir=output_dir, progress=progress)
+        _report(result)
+
+
+@app.command("inspect")
+def inspect_command(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run to inspect.")],
+    source: Source = "weights",
+    tracking_uri: TrackingUri = None,
+    allow_pickle: AllowPickle = False,
+    layer: Layer = None,
+    debug: Debug = False,
+) -> None:
+    """List a run's snapshot layers: shape, dtype, count, steps and value range."""
+    with _errors(debug):
+        from rich.console import Console
+        from rich.table import Table
+
+        from mlflow_weightviz.pipeline import inspect_run
+
+        rows = inspect_run(run_id, source=source, tracking_uri=tracking_uri, allow_pickle=allow_pickle,
+                           layers=tuple(layer or ()))
+        table = Table(title=f"run {run_id}: {source}")
+        for col in ("layer", "shape", "dtype", "snapshots", "first step", "last step", "min", "max"):
+            table.add_column(col, justify="left" if col in {"layer", "shape", "dtype"} else "right")
+        for r in rows:
+            table.add_row(r.layer, "×".join(map(str, r.shape)) or "scalar", r.dtype, str(r.snapshots),
+                          str(r.first_step), str(r.last_step), f"{r.min:.6g}", f"{r.max:.6g}")
+        Console(width=max(100, Console().width)).print(table)
+
+
+@app.command()
+def demo(
+    tracking_uri: TrackingUri = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    every: Annotated[int, typer.Option(help="Take a snapshot every N steps.")] = 10,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a tiny numpy network, log its weight snapshots, render the GIFs and log them to the run."""
+    with _errors(debug):
+        from mlflow_weightviz.demo import run_demo
+
+        with _progress(quiet, "rendering") as progress:
+            result = run_demo(tracking_uri=tracking_uri, steps=steps, every=every, progress=progress)
+        typer.echo(f"run id:      {result.run_id}")
+        typer.echo(f"experiment:  {result.experiment_id}")
+        for path in result.artifact_paths:
+            typer.echo(f"artifact:    {path}")
+        typer.echo(f"local copy:  {result.local_dir}")
+        typer.echo(f"open the UI: {result.ui_command}")
+        typer.echo(f"then visit:  {result.ui_url}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlflow-weightviz {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Render MLflow runs' weight snapshots as annotated-heatmap GIFs."""
+
+
+def main() -> None:
+    """Entry point of the ``mlflow-weightviz`` console script."""
+    app()

@@ -1,0 +1,276 @@
+"""From snapshot arrays to what a frame shows: the display grid, its colour scale and number format.
+
+Every array becomes a 2-D float matrix (a 1-D bias is one row, a conv kernel is reshaped
+to ``(shape[0], -1)``), large matrices are block-pooled down to the display grid, reading
+a memory-mapped file a band of rows at a time so a huge layer never sits in memory whole.
+:func:`prepare_layer` does this for every frame of a layer once, into a temporary
+memory-mapped stack, and derives the layer's colour scale and value format from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlflow_weightviz.errors import ShapeMismatchError, SnapshotError, SnapshotFormatError
+from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
+from mlflow_weightviz.snapshots import Snapshot
+
+__all__ = ["GridInfo", "PreparedLayer", "choose_format", "finite_range", "prepare_layer", "sample_indices", "to_grid"]
+
+# Bytes of raw data pooled at once; bounds memory for huge layers.
+_BAND_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    """How a snapshot's array maps onto the display grid."""
+
+    shape: tuple[int, ...]
+    matrix: tuple[int, int]
+    grid: tuple[int, int]
+    block: tuple[int, int]
+    pool: Pool
+
+    @property
+    def pooled(self) -> bool:
+        """Whether cells stand for blocks of weights rather than single weights."""
+        return self.block != (1, 1)
+
+    def note(self) -> str:
+        """A short description of the reshaping and pooling, for titles."""
+        parts = []
+        if len(self.shape) != 2:
+            parts.append(f"shape {_x(self.shape)} shown as {_x(self.matrix)}")
+        if self.pooled:
+            parts.append(f"pooled {_x(self.matrix)} → {_x(self.grid)} ({self.pool.value} of {_x(self.block)} blocks)")
+        return "; ".join(parts)
+
+
+def _x(shape: Sequence[int]) -> str:
+    return "×".join(str(d) for d in shape) or "scalar"
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The 2-D shape an array of ``shape`` is drawn as."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, shape[0])
+    return (shape[0], math.prod(shape[1:]))
+
+
+def to_grid(arr: np.ndarray, *, max_rows: int, max_cols: int, pool: Pool = Pool.MEAN) -> tuple[np.ndarray, GridInfo]:
+    """Reshape ``arr`` to 2-D and block-pool it to at most ``max_rows`` × ``max_cols`` cells.
+
+    Returns a float64 matrix and a description of what was done. Complex values are
+    shown by magnitude. Memory-mapped input is read in bands of rows.
+    """
+    shape = tuple(arr.shape)
+    rows, cols = matrix_shape(shape)
+    if rows == 0 or cols == 0:
+        msg = f"cannot draw an empty array: it must have at least one value; this one has shape {shape}"
+        raise SnapshotError(msg)
+    mat = arr.reshape(rows, cols)
+    br, bc = math.ceil(rows / max_rows), math.ceil(cols / max_cols)
+    gr, gc = math.ceil(rows / br), math.ceil(cols / bc)
+    info = GridInfo(shape, (rows, cols), (gr, gc), (br, bc), pool)
+    if (br, bc) == (1, 1):
+        return _as_float(mat), info
+    out = np.empty((gr, gc))
+    band = max(1, _BAND_BYTES // max(1, cols * mat.dtype.itemsize * br)) * br
+    for r0 in range(0, rows, band):
+        block = _as_float(mat[r0:r0 + band])
+        out[r0 // br:(r0 + block.shape[0] + br - 1) // br] = _pool_band(block, br, bc, pool)
+    return out, info
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "c":
+        return np.asarray(np.abs(a), dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def _pool_band(block: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
+    rows, cols = block.shape
+    pr, pc = -rows % br, -cols % bc
+    if pr or pc:  # pad ragged edges with NaN, which the nan-aware reductions skip
+        block = np.pad(block, ((0, pr), (0, pc)), constant_values=np.nan)
+    grid = block.reshape(block.shape[0] // br, br, block.shape[1] // bc, bc).swapaxes(1, 2)
+    tiles = grid.reshape(grid.shape[0], grid.shape[1], br * bc)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", over="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        if pool is Pool.MEAN:
+            return np.asarray(np.nanmean(tiles, axis=2))
+        idx = np.nanargmax(np.where(np.isnan(tiles), -1.0, np.abs(tiles)), axis=2)
+        return np.asarray(np.take_along_axis(tiles, idx[..., None], axis=2)[..., 0])
+
+
+def sample_indices(count: int, max_frames: int | None) -> list[int]:
+    """Evenly spaced frame indices, always keeping the first and last."""
+    if max_frames is None or count <= max_frames:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, max_frames)})
+
+
+@dataclass(frozen=True)
+class PreparedLayer:
+    """A layer ready to draw: its display stack on disk and everything derived from it."""
+
+    name: str
+    steps: tuple[int, ...]
+    stack_path: Path
+    info: GridInfo
+    dtype: str
+    vmin: float
+    vmax: float
+    frame_limits: tuple[tuple[float, float], ...] | None
+    diverging: bool
+    fmt: str
+    total_snapshots: int
+
+    def stack(self) -> np.ndarray:
+        """The (frames, rows, cols) display values, memory-mapped read-only."""
+        return np.asarray(np.load(self.stack_path, mmap_mode="r"))
+
+    def limits(self, index: int) -> tuple[float, float]:
+        """The colour scale of frame ``index``."""
+        return self.frame_limits[index] if self.frame_limits is not None else (self.vmin, self.vmax)
+
+
+def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptions, workdir: Path,
+                  progress: Callable[[], None] | None = None) -> PreparedLayer:
+    """Load, reshape and pool every sampled snapshot of a layer into a stack on disk.
+
+    Raises:
+        ShapeMismatchError: Snapshots of the layer do not share one shape.
+        SnapshotError: The layer holds an empty array.
+    """
+    chosen = [snapshots[i] for i in sample_indices(len(snapshots), options.max_frames)]
+    first_arr = chosen[0].load()
+    first_shape = tuple(first_arr.shape)
+    grid_info: GridInfo | None = None
+    stack = None
+    fd, tmp_name = tempfile.mkstemp(prefix="stack-", suffix=".npy", dir=workdir)
+    os.close(fd)
+    stack_path = Path(tmp_name)
+    init = prev = None
+    for i, snap in enumerate(chosen):
+        arr = first_arr if i == 0 else snap.load()
+        if tuple(arr.shape) != first_shape:
+            msg = (f"layer {name!r} changes shape: step {snap.step} has shape {tuple(arr.shape)}, "
+                   f"step {chosen[0].step} has {first_shape}")
+            raise ShapeMismatchError(msg)
+        if arr.dtype.kind not in "biufc":
+            msg = f"{snap.origin}: dtype {arr.dtype} is not numeric"
+            raise SnapshotFormatError(msg)
+        values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols, pool=options.pool)
+        del arr
+        if stack is None:
+            stack = np.lib.format.open_memmap(stack_path, mode="w+", dtype=np.float64,
+                                              shape=(len(chosen), *values.shape))
+        if options.view is View.DELTA_INIT:
+            init = values if init is None else init
+            shown = values - init
+        elif options.view is View.DELTA_STEP:
+            shown = values - (values if prev is None else prev)
+            prev = values
+        else:
+            shown = values
+        stack[i] = shown
+        if progress is not None:
+            progress()
+    assert stack is not None
+    assert grid_info is not None
+    stack.flush()
+    vmin, vmax, frame_limits, diverging = _colour_scale(stack, options)
+    fmt = options.fmt or choose_format(stack, vmin, vmax)
+    del stack
+    return PreparedLayer(name=name, steps=tuple(s.step for s in chosen), stack_path=stack_path, info=grid_info,
+                         dtype=str(first_arr.dtype), vmin=vmin, vmax=vmax, frame_limits=frame_limits,
+                         diverging=diverging, fmt=fmt, total_snapshots=len(snapshots))
+
+
+def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
+    """The smallest and largest finite value (complex by magnitude), read in bands; ``None`` if there is none."""
+    if arr.size == 0:
+        return None
+    mat = arr.reshape(matrix_shape(tuple(arr.shape)))
+    band = max(1, _BAND_BYTES // max(1, mat.shape[1] * mat.dtype.itemsize))
+    lo, hi = np.inf, -np.inf
+    for r0 in range(0, mat.shape[0], band):
+        values = _as_float(mat[r0:r0 + band])
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else None
+
+
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    # A constant matrix still needs a non-empty scale.
+    if lo < hi:
+        return lo, hi
+    pad = abs(lo) * 0.1 or 1.0
+    return lo - pad, hi + pad
+
+
+def _colour_scale(stack: np.ndarray, options: RenderOptions) -> tuple[
+        float, float, tuple[tuple[float, float], ...] | None, bool]:
+    delta = options.view is not View.WEIGHTS
+    ranges = [finite_range(frame) for frame in stack]
+    known = [r for r in ranges if r is not None]
+    lo = min((r[0] for r in known), default=0.0)
+    hi = max((r[1] for r in known), default=1.0 if not delta else 0.0)
+    if options.vmin is not None:
+        lo = options.vmin
+    if options.vmax is not None:
+        hi = options.vmax
+    diverging = delta or (lo < 0 < hi)
+    if diverging and options.vmin is None and options.vmax is None:
+        m = max(abs(lo), abs(hi)) or 1.0
+        lo, hi = -m, m
+    lo, hi = _widen(lo, hi)
+    frame_limits = None
+    if options.scale is Scale.FRAME:
+        limits = []
+        for r in ranges:
+            flo, fhi = r if r is not None else (lo, hi)
+            flo = options.vmin if options.vmin is not None else flo
+            fhi = options.vmax if options.vmax is not None else fhi
+            if diverging and options.vmin is None and options.vmax is None:
+                m = max(abs(flo), abs(fhi)) or 1.0
+                flo, fhi = -m, m
+            limits.append(_widen(flo, fhi))
+        frame_limits = tuple(limits)
+    return lo, hi, frame_limits, diverging
+
+
+def choose_format(stack: np.ndarray, vmin: float, vmax: float) -> str:
+    """A value format precise enough to show the typical change between frames."""
+    magnitude = max(abs(vmin), abs(vmax))
+    if not math.isfinite(magnitude) or magnitude == 0:
+        magnitude = 1.0
+    change = None
+    if stack.shape[0] > 1:
+        sample = stack[:: max(1, stack.shape[0] // 200)]
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(np.diff(sample, axis=0))
+        d = d[np.isfinite(d) & (d > 0)]
+        if d.size:
+            change = float(np.median(d))
+    if change is None or change < magnitude * 1e-9:
+        change = magnitude / 1000  # three significant digits when nothing moves
+    if magnitude >= 1e5 or magnitude < 1e-4:
+        digits = min(6, max(1, math.ceil(math.log10(magnitude / change))))
+        return f"{{x:.{digits}e}}"
+    decimals = max(0, math.ceil(-math.log10(change)))
+    if magnitude < 1:  # always show the leading significant digit
+        decimals = max(decimals, math.ceil(-math.log10(magnitude)) + 1)
+    return f"{{x:.{min(decimals, 9)}f}}"

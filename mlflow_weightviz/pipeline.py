@@ -1,0 +1,300 @@
+"""The one place that wires source → snapshots → frames → encoder → sink.
+
+:func:`render_run` and :func:`render_file` are the public entry points; both end in
+:func:`render_layers`, which turns grouped snapshots into finished GIFs in a staging
+folder. Sinks then publish them: renamed into place locally, or logged to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlflow_weightviz import __version__, _tracking
+from mlflow_weightviz.encoders import GifEncoder
+from mlflow_weightviz.errors import OutputError, UsageError
+from mlflow_weightviz.frames import HeatmapRenderer
+from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
+from mlflow_weightviz.options import RenderOptions, View
+from mlflow_weightviz.sinks import LocalSink, RunSink, unique_names
+from mlflow_weightviz.snapshots import Snapshot, group_layers, read_snapshots
+from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
+
+__all__ = ["LayerResult", "LayerSummary", "RenderResult", "inspect_file", "inspect_run", "render_file",
+           "render_layers", "render_run"]
+
+#: Run tags written after a render; ``weightviz.fingerprint`` makes re-renders idempotent.
+TAG_PREFIX = "weightviz."
+TAG_FINGERPRINT = TAG_PREFIX + "fingerprint"
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """What was rendered for one layer."""
+
+    layer: str
+    frames: int
+    steps: tuple[int, ...]
+    shape: tuple[int, ...]
+    grid: tuple[int, int]
+    file_name: str
+    artifact_path: str | None = None
+    local_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """The outcome of a render: ``rendered``, or ``up_to_date`` when nothing had changed."""
+
+    status: str
+    layers: tuple[LayerResult, ...] = ()
+    run_id: str | None = None
+    fingerprint: str | None = None
+    artifact_paths: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of ``inspect``: a layer's shape, dtype, snapshot count, steps and value range."""
+
+    layer: str
+    shape: tuple[int, ...]
+    dtype: str
+    snapshots: int
+    first_step: int
+    last_step: int
+    min: float
+    max: float
+
+
+# ---------------------------------------------------------------------------- public
+
+
+def render_run(run_id: str, options: RenderOptions | None = None, *, source: str = "weights",
+               artifact_path: str = "weightviz", tracking_uri: str | None = None, log: bool = True,
+               force: bool = False, out: str | os.PathLike[str] | None = None,
+               output_dir: str | os.PathLike[str] | None = None,
+               progress: ProgressCallback | None = None) -> RenderResult:
+    """Render a run's weight snapshots to one GIF per layer and log them back to the run.
+
+    Args:
+        run_id: The MLflow run.
+        options: How to select, draw and encode; defaults to ``RenderOptions()``.
+        source: Artifact path of the snapshots in the run (a file or a folder).
+        artifact_path: Where the GIFs are logged in the run.
+        tracking_uri: Defaults to ``MLFLOW_TRACKING_URI`` or MLflow's own default.
+        log: Log the GIFs and tags to the run; ``False`` only writes local copies.
+        force: Render even if the run's tags say it is up to date.
+        out: Local copy of the GIF (only when one layer is rendered).
+        output_dir: Folder for local copies, one ``<layer>.gif`` per layer.
+        progress: Called as ``progress(i, n)`` after each frame.
+
+    Returns:
+        What was rendered, or ``status="up_to_date"`` when the run already has GIFs for
+        these snapshots and options.
+
+    Raises:
+        RunNotFoundError: The run does not exist.
+        TrackingServerError: The tracking server cannot be reached.
+        SnapshotError: No snapshots at ``source``, or they cannot be rendered.
+        OutputError: The results cannot be written or logged.
+    """
+    options = options or RenderOptions()
+    _check_outputs(log=log, out=out, output_dir=output_dir)
+    client = _tracking.client(tracking_uri)
+    run = _tracking.get_run(client, run_id)
+    src = RunSource(client, run.info.run_id, source)
+    fingerprint = _fingerprint(src, options, source=source, artifact_path=artifact_path)
+    if log and not force and run.data.tags.get(TAG_FINGERPRINT) == fingerprint:
+        return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
+    sink = RunSink(client, run_id, artifact_path) if log else None
+    result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
+                            tags_base={"source": source, "fingerprint": fingerprint})
+    return RenderResult("rendered", result.layers, run_id, fingerprint, result.artifact_paths)
+
+
+def render_file(path: str | os.PathLike[str], options: RenderOptions | None = None, *,
+                out: str | os.PathLike[str] | None = None, output_dir: str | os.PathLike[str] | None = None,
+                progress: ProgressCallback | None = None) -> RenderResult:
+    """Render snapshots from a local file or folder to GIFs; needs no MLflow.
+
+    With neither ``out`` nor ``output_dir``, GIFs go to the current folder as ``<layer>.gif``.
+
+    Raises:
+        SnapshotError: No snapshots at ``path``, or they cannot be rendered.
+        OutputError: The GIFs cannot be written.
+    """
+    options = options or RenderOptions()
+    if out is None and output_dir is None:
+        output_dir = Path.cwd()
+    _check_outputs(log=False, out=out, output_dir=output_dir)
+    return _render_source(LocalSource(Path(path)), options, out=out, output_dir=output_dir, progress=progress)
+
+
+def inspect_run(run_id: str, *, source: str = "weights", tracking_uri: str | None = None,
+                allow_pickle: bool = False, layers: Sequence[str] = ()) -> list[LayerSummary]:
+    """Summarise a run's snapshots per layer without rendering anything."""
+    client = _tracking.client(tracking_uri)
+    run = _tracking.get_run(client, run_id)
+    with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
+        src = RunSource(client, run.info.run_id, source)
+        return _summaries(read_snapshots(src.fetch(Path(tmp)), allow_pickle=allow_pickle, root_name=src.name), layers)
+
+
+def inspect_file(path: str | os.PathLike[str], *, allow_pickle: bool = False,
+                 layers: Sequence[str] = ()) -> list[LayerSummary]:
+    """Summarise the snapshots in a local file or folder per layer."""
+    return _summaries(read_snapshots(path, allow_pickle=allow_pickle), layers)
+
+
+# ---------------------------------------------------------------------------- wiring
+
+
+def _check_outputs(*, log: bool, out: object, output_dir: object) -> None:
+    if out is not None and output_dir is not None:
+        msg = "give either --out (one layer) or --output-dir, not both"
+        raise UsageError(msg)
+    if not log and out is None and output_dir is None:
+        msg = "--no-log needs somewhere to write: give --out or --output-dir"
+        raise UsageError(msg)
+
+
+def _fingerprint(src: SnapshotSource, options: RenderOptions, **where: str) -> str:
+    import hashlib
+
+    payload = {"files": src.fingerprint(), "options": options.fingerprint_fields(), **where}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os.PathLike[str] | None,
+                   output_dir: str | os.PathLike[str] | None,
+                   progress: ProgressCallback | None, run_sink: RunSink | None = None,
+                   tags_base: Mapping[str, str] | None = None) -> RenderResult:
+    with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
+        workdir = Path(tmp)
+        local = src.fetch(workdir)
+        layers = group_layers(read_snapshots(local, allow_pickle=options.allow_pickle, root_name=src.name),
+                              options.layers)
+        if out is not None and len(layers) != 1:
+            msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
+                   "pick one with --layer or use --output-dir")
+            raise UsageError(msg)
+        staging = workdir / "out"
+        staging.mkdir()
+        results = render_layers(layers, options, staging, workdir=workdir, progress=progress)
+        staged = {r.layer: staging / r.file_name for r in results}
+        local_paths = LocalSink(Path(out) if out is not None else None,
+                                Path(output_dir) if output_dir is not None else None).deliver(staged)
+        artifact_paths: list[str] = []
+        if run_sink is not None:
+            tags = {TAG_PREFIX + k: v for k, v in (tags_base or {}).items()}
+            tags.update({
+                TAG_PREFIX + "layers": json.dumps([r.layer for r in results]),
+                TAG_PREFIX + "frames": str(sum(r.frames for r in results)),
+                TAG_PREFIX + "artifact_path": run_sink.artifact_path,
+                TAG_PREFIX + "version": __version__,
+                TAG_PREFIX + "status": "rendered",
+            })
+            artifact_paths = run_sink.deliver(staging, tags)
+        final = tuple(
+            LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
+                        artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,
+                        local_path=local_paths.get(r.layer))
+            for r in results)
+        return RenderResult("rendered", final, artifact_paths=tuple(artifact_paths))
+
+
+def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
+                  workdir: Path | None = None, progress: ProgressCallback | None = None) -> list[LayerResult]:
+    """Render each layer's snapshots to ``staging/<safe layer name>.gif``.
+
+    Each layer is prepared (loaded, reshaped, pooled, scaled) into a stack on disk, then
+    drawn frame by frame on one reused figure and streamed into the GIF encoder.
+    """
+    _check_cmap(options.cmap)
+    names = unique_names(layers)
+    total = sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
+    done = 0
+    results = []
+    for layer, snaps in layers.items():
+        prepared = prepare_layer(layer, snaps, options, workdir or staging)
+        renderer = _renderer_for(prepared, options)
+        target = staging / f"{names[layer]}.gif"
+        stack = prepared.stack()
+        count = len(prepared.steps)
+        try:
+            with target.open("wb") as fh, GifEncoder(fh, frame_ms=options.frame_ms, hold_last_ms=options.hold_last_ms,
+                                                      loop=options.loop,
+                                                      palette_colors=renderer.palette_colors()) as gif:
+                for i, step in enumerate(prepared.steps):
+                    gif.add_frame(renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step),
+                                                  prepared.limits(i)))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            msg = f"cannot write {target.name}: {exc.strerror or exc}"
+            raise OutputError(msg) from exc
+        finally:
+            renderer.close()
+            del stack
+            prepared.stack_path.unlink(missing_ok=True)
+        results.append(LayerResult(layer, count, prepared.steps, prepared.info.shape, prepared.info.grid,
+                                   target.name))
+    return results
+
+
+def _check_cmap(name: str | None) -> None:
+    if name is None:
+        return
+    import matplotlib as mpl
+
+    if name not in mpl.colormaps:
+        msg = f"unknown colormap {name!r}; try viridis, magma, YlGn, RdBu_r or any matplotlib colormap name"
+        raise UsageError(msg)
+
+
+def _renderer_for(prepared: PreparedLayer, options: RenderOptions) -> HeatmapRenderer:
+    rows, cols = prepared.info.grid
+    br, bc = prepared.info.block
+    cmap = options.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
+    last = len(prepared.steps)
+    sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
+    return HeatmapRenderer(
+        prepared.info.grid, cmap=cmap, vmin=prepared.vmin, vmax=prepared.vmax, fmt=prepared.fmt,
+        annotate=options.annotate,
+        row_labels=[f"{options.row_label}{i * br}" for i in range(rows)],
+        col_labels=[f"{options.col_label}{j * bc}" for j in range(cols)],
+        title_sample=sample, dpi=options.dpi)
+
+
+def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int) -> str:
+    head = f"{prepared.name}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
+    notes = [prepared.info.note()]
+    if options.view is View.DELTA_INIT:
+        notes.append(f"change since step {prepared.steps[0]}")
+    elif options.view is View.DELTA_STEP:
+        notes.append("change since the previous frame")
+    note = "; ".join(n for n in notes if n)
+    return f"{head}\n{note}" if note else head
+
+
+def _summaries(snapshots: list[Snapshot], layers: Sequence[str]) -> list[LayerSummary]:
+    out = []
+    for name, snaps in group_layers(snapshots, layers).items():
+        first = snaps[0].load()
+        ranges = [r for r in (finite_range(s.load()) for s in snaps) if r is not None]
+        lo = min((r[0] for r in ranges), default=float("nan"))
+        hi = max((r[1] for r in ranges), default=float("nan"))
+        out.append(LayerSummary(name, tuple(first.shape), str(first.dtype), len(snaps), snaps[0].step,
+                                snaps[-1].step, lo, hi))
+    return out

@@ -1,0 +1,105 @@
+"""Where results go: back to the MLflow run, or to a local path.
+
+Results are first written completely into a private staging folder. A sink then
+publishes finished files only: a local copy is renamed into place, and a run gets its
+files with ``MlflowClient.log_artifacts``, which leaves a FINISHED run FINISHED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlflow_weightviz import _tracking
+from mlflow_weightviz._files import atomic_file
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["LocalSink", "RunSink", "safe_name", "unique_names"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME = 100
+_MAX_TAG = 5000  # MLflow allows 8000 characters in a tag value
+
+
+def safe_name(layer: str) -> str:
+    """A file name for ``layer`` that cannot leave its folder: ``../a/b`` → ``a_b``."""
+    text = unicodedata.normalize("NFKD", layer).encode("ascii", "ignore").decode()
+    text = _UNSAFE.sub("_", text.replace("/", "_").replace("\\", "_")).strip("._-")
+    if text != layer or len(text) > _MAX_NAME:
+        if len(text) > _MAX_NAME or not text:
+            digest = hashlib.sha256(layer.encode()).hexdigest()[:8]
+            text = f"{text[:_MAX_NAME - 9]}-{digest}" if text else f"layer-{digest}"
+    return text
+
+
+def unique_names(layers: Iterable[str]) -> dict[str, str]:
+    """Safe, distinct file stems for layers whose safe names would collide."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for layer in layers:
+        stem = safe_name(layer)
+        if stem.lower() in used:
+            stem = f"{stem[:_MAX_NAME - 9]}-{hashlib.sha256(layer.encode()).hexdigest()[:8]}"
+        used.add(stem.lower())
+        out[layer] = stem
+    return out
+
+
+@dataclass(frozen=True)
+class LocalSink:
+    """Copies finished files to ``out`` (one file) or into ``output_dir``."""
+
+    out: Path | None = None
+    output_dir: Path | None = None
+
+    def deliver(self, staged: Mapping[str, Path]) -> dict[str, Path]:
+        """Publish the staged files; returns layer → local path."""
+        written: dict[str, Path] = {}
+        for layer, src in staged.items():
+            if self.out is not None:
+                target = self.out
+            elif self.output_dir is not None:
+                target = self.output_dir / src.name
+            else:
+                continue
+            _copy_atomic(src, target)
+            written[layer] = target
+        return written
+
+
+def _copy_atomic(src: Path, target: Path) -> None:
+    with atomic_file(target) as dst, src.open("rb") as fh:
+        shutil.copyfileobj(fh, dst, 1 << 20)
+
+
+@dataclass(frozen=True)
+class RunSink:
+    """Logs finished files to a run under ``artifact_path`` and records what was done in tags."""
+
+    client: MlflowClient
+    run_id: str
+    artifact_path: str = "weightviz"
+
+    def deliver(self, staged_dir: Path, tags: Mapping[str, str]) -> list[str]:
+        """Log every file of ``staged_dir`` in one call, then set ``tags``; returns artifact paths."""
+        names = sorted(p.name for p in staged_dir.iterdir() if p.is_file())
+        with _tracking.translate(f"logging results to run {self.run_id}", writing=True):
+            self.client.log_artifacts(self.run_id, os.fspath(staged_dir), self.artifact_path)
+        self.set_tags(tags)
+        return [f"{self.artifact_path}/{n}" if self.artifact_path else n for n in names]
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags, truncating values to what MLflow accepts."""
+        with _tracking.translate(f"tagging run {self.run_id}", writing=True):
+            for key, value in tags.items():
+                text = str(value)
+                self.client.set_tag(self.run_id, key, text if len(text) <= _MAX_TAG else text[:_MAX_TAG - 3] + "...")
