@@ -84,10 +84,12 @@ def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give ``command`` every render option; it receives them as one ``options`` argument.
 
     The options are built inside the command's error handler, so a bad value is reported
-    like any other error.
+    like any other error. A parameter the command declares itself replaces the shared
+    option of the same name (``batch`` gives ``--workers`` its own meaning).
     """
-    shared = inspect.signature(_render_option_params).parameters
     own = [p for name, p in inspect.signature(command).parameters.items() if name != "options"]
+    shared = {name: p for name, p in inspect.signature(_render_option_params).parameters.items()
+              if name not in {o.name for o in own}}
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
@@ -171,6 +173,10 @@ def _report(result: Any) -> None:
     if result.status == "up_to_date":
         typer.echo(f"run {result.run_id} is up to date: its GIFs match these snapshots and options "
                    "(--force renders again)")
+        return
+    if result.status == "claimed":
+        typer.echo(f"run {result.run_id} is being rendered by another process "
+                   f"({result.claimed_by or 'claim tag weightviz.claim'}); nothing done here")
         return
     for layer in result.layers:
         where = [str(w) for w in (layer.artifact_path, layer.local_path) if w]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_weightviz import __version__, _tracking
+from mlflow_weightviz import __version__, _tracking, claims
 from mlflow_weightviz.encoders import GifEncoder
 from mlflow_weightviz.errors import OutputError, UsageError
 from mlflow_weightviz.frames import HeatmapRenderer
@@ -52,13 +52,18 @@ class LayerResult:
 
 @dataclass(frozen=True)
 class RenderResult:
-    """The outcome of a render: ``rendered``, or ``up_to_date`` when nothing had changed."""
+    """The outcome of a render: ``rendered``, or ``up_to_date`` when nothing had changed.
+
+    ``claimed`` means another renderer holds the run's claim (see ``claims.py``) and
+    nothing was done here; ``claimed_by`` says who.
+    """
 
     status: str
     layers: tuple[LayerResult, ...] = ()
     run_id: str | None = None
     fingerprint: str | None = None
     artifact_paths: tuple[str, ...] = field(default=())
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
 
     Returns:
         What was rendered, or ``status="up_to_date"`` when the run already has GIFs for
-        these snapshots and options.
+        these snapshots and options, or ``status="claimed"`` when another process is
+        rendering the run right now (nothing is done here).
 
     Raises:
         RunNotFoundError: The run does not exist.
@@ -115,9 +121,19 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     fingerprint = _fingerprint(src, options, source=source, artifact_path=artifact_path)
     if log and not force and run.data.tags.get(TAG_FINGERPRINT) == fingerprint:
         return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
-    sink = RunSink(client, run_id, artifact_path) if log else None
-    result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
-                            tags_base={"source": source, "fingerprint": fingerprint})
+    # One renderer per run at a time (see claims.py); local-only renders need no claim.
+    with claims.claim_run(client, run_id, enabled=log) as claim:
+        if log and not force and claim.tags.get(TAG_FINGERPRINT) == fingerprint:
+            return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)  # done while we claimed
+        if not claim.held:
+            return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint,
+                                claimed_by=claim.holder.describe() if claim.holder else None)
+        sink = claim.guard(RunSink(client, run_id, artifact_path)) if log else None
+        try:
+            result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
+                                    tags_base={"source": source, "fingerprint": fingerprint})
+        except claims.ClaimLostError as lost:
+            return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint, claimed_by=str(lost))
     return RenderResult("rendered", result.layers, run_id, fingerprint, result.artifact_paths)
 
 

@@ -1,0 +1,237 @@
+"""Claims: one renderer per run at a time, on a tracking server that has no compare-and-set.
+
+A renderer *claims* a run before rendering it by writing the run tag
+``weightviz.claim = <owner>:<expires-at>`` (``owner`` is ``host/pid/random``,
+``expires-at`` Unix seconds). MLflow's ``set_tag`` is last-writer-wins, so the claim is
+checked, not trusted:
+
+1. read the run; a claim of someone else that has not expired means *claimed*: stop;
+2. write our claim;
+3. wait a *settle* time (at least four times what our own write took), then read the
+   tag again: if another renderer wrote after us, its value is there and we stop. Of two
+   renderers that both saw no claim, both read back the later write, so exactly one goes on;
+4. while rendering, a heartbeat thread renews the lease; just before logging the GIFs the
+   claim is read once more and the render is abandoned if it is no longer ours;
+5. after the GIFs and tags are logged the claim tag is deleted (only if still ours).
+
+A renderer that crashes leaves its claim behind; it expires after the lease, so the run
+is not blocked for ever. The remaining window (a claimer stalled between its read and
+its write for longer than the settle time) is covered by the backstop: artifact names
+are fixed and the tags are set after the artifacts, so a second render overwrites the
+same files with the same content and the tags stay consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlflow_weightviz import _tracking
+from mlflow_weightviz.errors import WeightvizError
+from mlflow_weightviz.sinks import RunSink
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["TAG_CLAIM", "Claim", "ClaimInfo", "ClaimLostError", "claim_run", "parse_claim"]
+
+TAG_CLAIM = "weightviz.claim"
+
+#: Seconds a claim is valid without renewal; the heartbeat renews it every third of that.
+DEFAULT_LEASE_S = 600.0
+#: Shortest wait between writing a claim and reading it back.
+DEFAULT_SETTLE_S = 0.5
+LEASE_ENV = "MLFLOW_WEIGHTVIZ_CLAIM_LEASE"
+SETTLE_ENV = "MLFLOW_WEIGHTVIZ_CLAIM_SETTLE"
+_MAX_SETTLE_S = 10.0
+
+_PROCESS_ID = uuid.uuid4().hex[:12]
+
+
+class ClaimLostError(WeightvizError):
+    """Our claim on a run was overwritten by another renderer before we published."""
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """A parsed ``weightviz.claim`` tag value."""
+
+    owner: str
+    expires_at: float
+
+    def valid(self, now: float | None = None) -> bool:
+        """Whether the lease has not run out yet."""
+        return self.expires_at > (time.time() if now is None else now)
+
+    def describe(self) -> str:
+        """``owner (until HH:MM:SS UTC)`` for messages."""
+        until = time.strftime("%H:%M:%S", time.gmtime(self.expires_at))
+        return f"{self.owner} (until {until} UTC)"
+
+
+def parse_claim(value: str | None) -> ClaimInfo | None:
+    """Parse ``<owner>:<expires-at>``; anything unreadable counts as no claim."""
+    if not value or ":" not in value:
+        return None
+    owner, _, expires = value.rpartition(":")
+    try:
+        return ClaimInfo(owner, float(expires))
+    except ValueError:
+        return None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
+
+
+@dataclass
+class Claim:
+    """The outcome of trying to claim a run.
+
+    Attributes:
+        run_id: The run.
+        held: Whether we hold the claim (always true when claiming was disabled).
+        holder: The other renderer's claim when ``held`` is false.
+        tags: The run's tags as read back after claiming; they show whether someone
+            finished rendering the run while we were claiming it.
+    """
+
+    run_id: str
+    held: bool
+    holder: ClaimInfo | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    client: MlflowClient | None = None
+    owner: str = ""
+    lease_s: float = DEFAULT_LEASE_S
+    _lost: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def confirm(self) -> None:
+        """Check, right before publishing, that the claim is still ours.
+
+        Raises:
+            ClaimLostError: Another renderer has taken the run over.
+        """
+        if self.client is None:
+            return
+        current = self._read()
+        if self._lost or current is None or current.owner != self.owner:
+            self._lost = True
+            who = current.describe() if current else "nobody"
+            msg = f"run {self.run_id}: claim lost to {who}"
+            raise ClaimLostError(msg)
+
+    def guard(self, sink: RunSink) -> RunSink:
+        """A sink that calls :meth:`confirm` before logging anything."""
+        return _GuardedSink(sink.client, sink.run_id, sink.artifact_path, claim=self)
+
+    def _read(self) -> ClaimInfo | None:
+        assert self.client is not None
+        with _tracking.translate(f"reading the claim of run {self.run_id}"):
+            tags = self.client.get_run(self.run_id).data.tags
+        return parse_claim(tags.get(TAG_CLAIM))
+
+    def _write(self) -> None:
+        assert self.client is not None
+        with _tracking.translate(f"claiming run {self.run_id}", writing=True):
+            self.client.set_tag(self.run_id, TAG_CLAIM, f"{self.owner}:{time.time() + self.lease_s:.3f}")
+
+    def _heartbeat(self) -> None:
+        # Renew the lease while the render runs; a failed renewal is retried at the next beat.
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                current = self._read()
+                if current is None or current.owner != self.owner:
+                    self._lost = True
+                    return
+                self._write()
+            except WeightvizError:
+                continue
+
+    def _release(self) -> None:
+        self._stop.set()
+        if self.client is None or not self.held:
+            return
+        # Best effort: a claim we cannot delete simply expires.
+        with contextlib.suppress(WeightvizError):
+            current = self._read()
+            if current is not None and current.owner == self.owner:
+                with _tracking.translate(f"releasing the claim of run {self.run_id}", writing=True):
+                    self.client.delete_tag(self.run_id, TAG_CLAIM)
+
+
+@dataclass(frozen=True)
+class _GuardedSink(RunSink):
+    claim: Claim | None = None
+
+    def deliver(self, staged_dir: Path, tags: Mapping[str, str]) -> list[str]:
+        if self.claim is not None:
+            self.claim.confirm()
+        return super().deliver(staged_dir, tags)
+
+
+@contextlib.contextmanager
+def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_s: float | None = None,
+              settle_s: float | None = None) -> Iterator[Claim]:
+    """Try to claim ``run_id`` for rendering; release the claim on exit.
+
+    Args:
+        client: The tracking client.
+        run_id: The run to claim.
+        enabled: ``False`` yields a held claim without touching the run (local-only renders).
+        lease_s: Lease length; default ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE`` or 600 s.
+        settle_s: Shortest wait before reading the claim back; default
+            ``MLFLOW_WEIGHTVIZ_CLAIM_SETTLE`` or 0.5 s.
+
+    Yields:
+        The claim; when ``claim.held`` is false another renderer has the run and nothing
+        was written.
+
+    Raises:
+        TrackingServerError: The server cannot be reached.
+        OutputError: The claim tag cannot be written.
+    """
+    if not enabled:
+        yield Claim(run_id, held=True)
+        return
+    lease = lease_s if lease_s is not None else _env_seconds(LEASE_ENV, DEFAULT_LEASE_S)
+    settle = settle_s if settle_s is not None else _env_seconds(SETTLE_ENV, DEFAULT_SETTLE_S)
+    owner = f"{socket.gethostname()}/{os.getpid()}/{_PROCESS_ID}-{uuid.uuid4().hex[:6]}"
+    claim = Claim(run_id, held=False, client=client, owner=owner, lease_s=lease)
+    current = claim._read()
+    if current is not None and current.valid():
+        claim.holder = current
+        yield claim
+        return
+    started = time.monotonic()
+    claim._write()
+    # Wait long enough for any rival who read "no claim" to have landed its write too.
+    time.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (time.monotonic() - started))))
+    with _tracking.translate(f"reading the claim of run {run_id}"):
+        run = client.get_run(run_id)
+    current = parse_claim(run.data.tags.get(TAG_CLAIM))
+    claim.tags = dict(run.data.tags)
+    if current is None or current.owner != owner:
+        claim.holder = current
+        yield claim
+        return
+    claim.held = True
+    beat = threading.Thread(target=claim._heartbeat, name=f"weightviz-claim-{run_id[:8]}", daemon=True)
+    beat.start()
+    try:
+        yield claim
+    finally:
+        claim._release()
+        beat.join(timeout=5)
