@@ -1,0 +1,100 @@
+"""Hugging Face ``transformers`` callback: record the model's weights during ``Trainer.train()``.
+
+Importing this module imports transformers; install it with
+``pip install 'mlflow-weightviz[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow_weightviz.capture._callback import (
+    DEFAULT_CHUNK_STEPS,
+    DEFAULT_MAX_UPLOADS,
+    RecordingCallback,
+    missing,
+    pick_every,
+)
+
+try:
+    import transformers
+except ImportError as exc:
+    error = missing("transformers", "transformers")
+    raise error from exc
+
+__all__ = ["TransformersCallback"]
+
+
+class TransformersCallback(RecordingCallback, transformers.TrainerCallback):
+    """Record a ``Trainer``'s model weights into MLflow while it trains.
+
+    The run is ``run_id``, else the MLflow run active when training begins (the one
+    ``report_to="mlflow"`` starts, or your own ``mlflow.start_run()``). Steps are the
+    trainer's ``state.global_step``: the starting weights, then every ``every_n_steps``
+    optimizer steps (default 50), or every ``every_n_epochs`` epochs instead. When
+    training ends the snapshots are flushed and the GIFs rendered and logged. ``Trainer``
+    has no exception hook: wrap ``train()`` in ``with callback:`` to render after a failure
+    too (otherwise that happens when Python exits). Only the main process records.
+
+    ::
+
+        trainer = Trainer(model=model, args=args, train_dataset=data,
+                          callbacks=[mlflow_weightviz.TransformersCallback(every_n_steps=10)])
+
+    Args:
+        every_n_steps: Record every N optimizer steps (default 50).
+        every_n_epochs: Record after every N epochs instead.
+        layers: Name globs of the parameters to record; by default those with 2 or more dims.
+        artifact_path: Folder of the snapshots in the run.
+        render: Render and log the GIFs when training ends.
+        render_artifact_path: Folder of the GIFs in the run.
+        run_id: The run; defaults to the run active when training begins.
+        tracking_uri: Defaults to the current tracking URI.
+        dtype: Store snapshots as this dtype, e.g. ``"float16"``.
+        chunk_steps: Snapshots in the first chunk file uploaded.
+        max_uploads: Most chunk uploads per training run.
+        buffer_dir: Where the local snapshot buffer goes.
+        **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs.
+
+    Raises:
+        UsageError: A bad argument or render option (when the callback is made).
+    """
+
+    def __init__(self, *, every_n_steps: int | None = None, every_n_epochs: int | None = None,
+                 layers: str | Sequence[str] | None = None, artifact_path: str = "weights", render: bool = True,
+                 render_artifact_path: str = "weightviz", run_id: str | None = None,
+                 tracking_uri: str | None = None, dtype: Any = None, chunk_steps: int = DEFAULT_CHUNK_STEPS,
+                 max_uploads: int = DEFAULT_MAX_UPLOADS, buffer_dir: str | os.PathLike[str] | None = None,
+                 **render_options: Any) -> None:
+        super().__init__()
+        self.unit, every = pick_every("steps", every_n_steps, "epochs", every_n_epochs, ("steps", 50))
+        self._init_recording(every=every, layers=layers, artifact_path=artifact_path, render=render,
+                             render_artifact_path=render_artifact_path, run_id=run_id, tracking_uri=tracking_uri,
+                             dtype=dtype, chunk_steps=chunk_steps, max_uploads=max_uploads, buffer_dir=buffer_dir,
+                             render_options=render_options)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        """Open a recorder on the current run and record the starting weights."""
+        if not state.is_world_process_zero:
+            return
+        if model is None:
+            msg = "the Trainer passed no model to the callback"
+            raise RuntimeError(msg)
+        self._start(model)
+        self._step(state.global_step if self.unit == "steps" else int(round(state.epoch or 0)))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Record when ``state.global_step`` reaches a multiple of ``every_n_steps``."""
+        if self.unit == "steps":
+            self._step(state.global_step)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Record when the epochs done reach a multiple of ``every_n_epochs``."""
+        if self.unit == "epochs":
+            self._step(int(round(state.epoch or 0)))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Flush the snapshots, then render and log the GIFs."""
+        self.close()
