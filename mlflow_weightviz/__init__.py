@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mlflow_weightviz.capture import log_snapshot
+    from mlflow_weightviz.capture import Recorder, log_snapshot, record
+    from mlflow_weightviz.capture.hf import TransformersCallback
+    from mlflow_weightviz.capture.keras import KerasCallback
+    from mlflow_weightviz.capture.lightning import LightningCallback
     from mlflow_weightviz.encoders import GifEncoder, frames_to_gif
     from mlflow_weightviz.errors import (
         MissingDependencyError,
@@ -44,12 +47,15 @@ if TYPE_CHECKING:
 __all__ = [
     "GifEncoder",
     "HeatmapRenderer",
+    "KerasCallback",
     "LayerResult",
     "LayerSummary",
+    "LightningCallback",
     "MissingDependencyError",
     "OutputError",
     "PickleNotAllowedError",
     "Pool",
+    "Recorder",
     "RenderOptions",
     "RenderResult",
     "RunNotFoundError",
@@ -60,6 +66,7 @@ __all__ = [
     "SnapshotFormatError",
     "SnapshotsNotFoundError",
     "TrackingServerError",
+    "TransformersCallback",
     "UsageError",
     "View",
     "WeightvizError",
@@ -70,6 +77,7 @@ __all__ = [
     "inspect_run",
     "log_snapshot",
     "read_snapshots",
+    "record",
     "render_file",
     "render_run",
 ]
@@ -77,6 +85,11 @@ __all__ = [
 # Where each public name lives; resolved on first use (PEP 562) to keep imports light.
 _LOCATIONS = {
     "log_snapshot": "capture",
+    "record": "capture",
+    "Recorder": "capture",
+    "KerasCallback": "capture.keras",
+    "LightningCallback": "capture.lightning",
+    "TransformersCallback": "capture.hf",
     "GifEncoder": "encoders",
     "frames_to_gif": "encoders",
     "HeatmapRenderer": "frames",
