@@ -261,6 +261,152 @@ def inspect_command(
         Console(width=max(100, Console().width)).print(table)
 
 
+Experiment = Annotated[str, typer.Option("--experiment", "-e", help="Experiment name or id.")]
+RunFilter = Annotated[Optional[str], typer.Option(
+    "--filter", help="MLflow search filter, e.g. \"params.model = 'mlp' and tags.team = 'vision'\".")]
+ArtifactPath = Annotated[str, typer.Option(help="Where the GIFs go in each run.")]
+
+_LABELS = {"rendered": "rendered", "would_render": "would render", "up_to_date": "up to date",
+           "no_snapshots": "no snapshots", "running": "running (skipped)", "claimed": "being rendered elsewhere",
+           "failed": "failed", "abandoned": "abandoned", "cancelled": "cancelled (interrupted)"}
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {_LABELS.get(s, s)}" for s, n in counts.items() if n) or "no runs"
+
+
+def _warn_outcomes(outcomes: Any) -> None:
+    for o in outcomes:
+        for w in o.warnings:
+            sys.stderr.write(f"warning: run {o.run_id}: {_one_line(w)}\n")
+
+
+@app.command()
+@with_render_options
+def batch(
+    options: Callable[[], RenderOptions],
+    experiment: Experiment,
+    filter_string: RunFilter = None,
+    max_runs: Annotated[Optional[int], typer.Option(help="Look at no more than this many matching runs, newest "
+                                                         "first.")] = None,
+    force: Annotated[bool, typer.Option(help="Render runs again even if they are up to date.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List what would be done; change nothing.")] = False,
+    include_running: Annotated[bool, typer.Option(
+        help="Render RUNNING runs too (their status is left alone).")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Runs rendered at once in local processes; each draws its run's frames in that one process.")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(
+        envvar="DASK_SCHEDULER_ADDRESS", show_envvar=True,
+        help="Dask scheduler address (tcp://host:8786): render on that cluster instead (pip install "
+             "'mlflow-weightviz[dask]').")] = None,
+    source: Source = "weights",
+    artifact_path: ArtifactPath = "weightviz",
+    tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Render every run of an experiment that has snapshots and is not rendered yet."""
+    with _errors(debug):
+        from rich.console import Console
+        from rich.table import Table
+
+        from mlflow_weightviz.automation import render_experiment, stop_on_signals
+
+        opts = options()
+        with stop_on_signals() as stop, _progress(quiet, "runs") as progress:
+            report = render_experiment(
+                experiment, opts, filter_string=filter_string, max_runs=max_runs, force=force, dry_run=dry_run,
+                include_running=include_running, workers=workers, scheduler=scheduler, source=source,
+                artifact_path=artifact_path, tracking_uri=tracking_uri, progress=progress, stop=stop)
+        _warn_outcomes(report.outcomes)
+        console = Console(width=max(100, Console().width))
+        title = f"{'dry run: ' if dry_run else ''}experiment {report.experiment_name} ({report.experiment_id})"
+        if dry_run:
+            plan = Table(title=title)
+            plan.add_column("run", no_wrap=True)
+            for col in ("name", "plan", "reason"):
+                plan.add_column(col)
+            for o in report.outcomes:
+                plan.add_row(o.run_id, o.run_name, _LABELS.get(o.status, o.status), o.reason)
+            console.print(plan)
+        summary = Table(title=None if dry_run else title)
+        summary.add_column("result")
+        summary.add_column("runs", justify="right")
+        always = {"up_to_date", "no_snapshots", "running", "failed", "would_render" if dry_run else "rendered"}
+        for status, n in report.counts().items():
+            if n or status in always:
+                summary.add_row(_LABELS.get(status, status), str(n))
+        console.print(summary)
+        if report.failed:
+            failed = Table(title="failed runs")
+            failed.add_column("run", no_wrap=True)
+            for col in ("name", "reason"):
+                failed.add_column(col)
+            for o in report.failed:
+                failed.add_row(o.run_id, o.run_name, o.reason)
+            console.print(failed)
+        typer.echo(f"{'dry run' if dry_run else 'batch'}: {_counts_line(report.counts())}")
+        if report.interrupted:
+            _fail(f"interrupted by {getattr(stop, 'signal_name', None) or 'a signal'}; runs in progress finished, "
+                  "the rest were not started", 130)
+        if report.failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+@with_render_options
+def watch(
+    options: Callable[[], RenderOptions],
+    experiment: Experiment,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 30.0,
+    since: Annotated[Optional[str], typer.Option(
+        help="Only runs that finished after this: an ISO date-time (2024-05-01T12:00) or a duration (2h, 30m, "
+             "7d).")] = None,
+    once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
+    max_iterations: Annotated[Optional[int], typer.Option(help="Exit after this many polls.")] = None,
+    filter_string: RunFilter = None,
+    source: Source = "weights",
+    artifact_path: ArtifactPath = "weightviz",
+    tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Render each FINISHED run with snapshots that is not rendered yet, polling until stopped."""
+    with _errors(debug):
+        from mlflow_weightviz.automation import RunOutcome, stop_on_signals, watch_experiment
+
+        def started(run_id: str, name: str) -> None:
+            if not quiet:
+                sys.stderr.write(f"rendering run {run_id} ({name})\n")
+                sys.stderr.flush()
+
+        def finished(o: RunOutcome) -> None:
+            _warn_outcomes([o])
+            if o.status == "rendered":
+                typer.echo(f"rendered {o.run_id} ({o.run_name}): {o.layers} GIFs, {o.frames} frames, "
+                           f"{o.seconds:.1f} s")
+            elif o.status in {"failed", "claimed", "abandoned"}:
+                typer.echo(f"{_LABELS[o.status]} {o.run_id} ({o.run_name}): {o.reason}")
+
+        def error(message: str) -> None:
+            sys.stderr.write(f"watch: {_one_line(message)}\n")
+            sys.stderr.flush()
+
+        opts = options()
+        if not quiet:
+            sys.stderr.write(f"watching experiment {experiment} every {interval:g} s (Ctrl-C or SIGTERM stops)\n")
+            sys.stderr.flush()
+        with stop_on_signals() as stop:
+            report = watch_experiment(
+                experiment, opts, interval=interval, since=since, once=once, max_iterations=max_iterations,
+                filter_string=filter_string, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri,
+                stop=stop, on_start=started, on_outcome=finished, on_error=error)
+        how = f"stopped by {report.stopped_by}" if report.stopped_by else "done"
+        sys.stderr.write(f"watch {how} after {report.polls} poll(s): {_counts_line(report.counts())}\n")
+        if report.failed:
+            raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     tracking_uri: TrackingUri = None,
