@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_weightviz.errors import OutputError, RunNotFoundError, TrackingServerError, WeightvizError
+from mlflow_weightviz.errors import (
+    OutputError,
+    RunNotFoundError,
+    SnapshotFormatError,
+    TrackingServerError,
+    WeightvizError,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -25,6 +34,10 @@ _CONNECTION_MARKERS = ("Max retries exceeded", "Connection refused", "Connection
                        "Connection aborted", "ChunkedEncodingError", "IncompleteRead")
 
 
+# urllib3's words when the server answered, but only with errors, until the retries ran out.
+_SERVER_ERRORS = re.compile(r"too many (\d{3}) error responses")
+
+
 def client(tracking_uri: str | None = None) -> MlflowClient:
     """An MlflowClient for ``tracking_uri`` (default: MLFLOW_TRACKING_URI, else MLflow's default)."""
     from mlflow.tracking import MlflowClient
@@ -36,11 +49,13 @@ def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or its cause) says the server could not be reached."""
     import requests
 
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError, ConnectionError)
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
-            return True
-        if any(m in str(seen) for m in _CONNECTION_MARKERS):
+    for _ in range(10):  # causes can form a cycle
+        if seen is None:
+            break
+        if isinstance(seen, lost) or any(m in str(seen) for m in _CONNECTION_MARKERS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -72,6 +87,14 @@ def _classify(exc: Exception, action: str, writing: bool) -> WeightvizError | No
         detail = exc.strerror or str(exc)
     else:
         detail = str(exc)
+    failing = _SERVER_ERRORS.search(_chain_text(exc))
+    if failing is not None:
+        status = failing.group(1)
+        if writing:
+            return OutputError(f"{action}: the tracking server answered HTTP {status} to every attempt; "
+                               "is its artifact store writable and not full? (see the server's log)")
+        return TrackingServerError(f"{action}: the tracking server answered HTTP {status} to every attempt "
+                                   "(see the server's log)")
     if is_connection_error(exc):
         return TrackingServerError(f"{action}: the tracking server cannot be reached ({_short(detail)})")
     if isinstance(exc, MlflowException) and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
@@ -80,6 +103,15 @@ def _classify(exc: Exception, action: str, writing: bool) -> WeightvizError | No
         kind = OutputError if writing else TrackingServerError
         return kind(f"{action}: {_short(detail)}")
     return None
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 10:
+        parts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(parts)
 
 
 def _short(text: str) -> str:
@@ -114,3 +146,47 @@ def list_files(c: MlflowClient, run_id: str, path: str) -> list[tuple[str, int]]
                 if info.path == path.strip("/") and not info.is_dir:
                     out.append((info.path, int(info.file_size or 0)))
     return sorted(out)
+
+
+def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path, *, action: str) -> None:
+    """Download the run's artifact files ``paths`` into ``dst``, keeping their relative paths.
+
+    Uses the run's artifact repository (any store MLflow supports), a few files at a
+    time. The first failure cancels the downloads not yet started, so an unreachable
+    server fails after one round of retries instead of one round per file.
+
+    Raises:
+        TrackingServerError: The server or the artifact store cannot be reached.
+        RunNotFoundError: The run or a file does not exist.
+        OutputError: A file cannot be written locally.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = dst.resolve()
+    jobs = []
+    for path in paths:
+        local = (root / path).resolve()
+        if not local.is_relative_to(root):  # a hostile listing must not write outside the work folder
+            msg = f"{action}: artifact path {path!r} points outside the artifact folder"
+            raise SnapshotFormatError(msg)
+        jobs.append((path, local))
+    with translate(action):
+        run = c.get_run(run_id)
+        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=c.tracking_uri)
+        for _, local in jobs:
+            local.parent.mkdir(parents=True, exist_ok=True)
+        workers = max(1, min(len(jobs), int(getattr(repo, "max_workers", 4) or 4)))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="weightviz-download")
+        try:
+            # _download_file(remote, local) is the per-file hook every MLflow artifact
+            # repository implements; download_artifacts() would retry every file after a failure.
+            futures = [pool.submit(repo._download_file, path, os.fspath(local)) for path, local in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                error = future.exception() if future in done else None
+                if error is not None:
+                    raise error
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

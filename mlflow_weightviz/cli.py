@@ -114,6 +114,8 @@ def _errors(debug: bool) -> Iterator[None]:
         os.environ.setdefault(key, value)
     # MLflow's own download bars and INFO lines would drown the one-line reports.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # mlflow sets its logger's level from this when it is imported (later, lazily).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("default")

@@ -10,16 +10,18 @@ memory-mapped stack, and derives the layer's colour scale and value format from 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mlflow_weightviz.errors import ShapeMismatchError, SnapshotError, SnapshotFormatError
+from mlflow_weightviz.errors import OutputError, ShapeMismatchError, SnapshotError, SnapshotFormatError
 from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
 from mlflow_weightviz.snapshots import Snapshot
 
@@ -89,7 +91,28 @@ def to_grid(arr: np.ndarray, *, max_rows: int, max_cols: int, pool: Pool = Pool.
     for r0 in range(0, rows, band):
         block = _as_float(mat[r0:r0 + band])
         out[r0 // br:(r0 + block.shape[0] + br - 1) // br] = _pool_band(block, br, bc, pool)
+        del block
+        release_pages(mat)
     return out, info
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Let the kernel drop the pages of a memory-mapped array that this process has read.
+
+    Pages of a file mapping that were read stay resident (and count towards the
+    process's memory) until the mapping closes, so reading a 1.6 GB layer band by band
+    would still end with 1.6 GB resident. Read-only mappings are re-read from the file
+    (usually the page cache) if touched again, so dropping them is always safe. Arrays
+    that are not read-only file mappings are left alone.
+    """
+    base: object = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and not arr.flags.writeable and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or the platform refuses: only memory use is at stake
+            pass
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
@@ -158,35 +181,43 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
     first_shape = tuple(first_arr.shape)
     grid_info: GridInfo | None = None
     stack = None
-    fd, tmp_name = tempfile.mkstemp(prefix="stack-", suffix=".npy", dir=workdir)
-    os.close(fd)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix="stack-", suffix=".npy", dir=workdir)
+        os.close(fd)
+    except OSError as exc:
+        raise _scratch_error(workdir, exc) from exc
     stack_path = Path(tmp_name)
     init = prev = None
-    for i, snap in enumerate(chosen):
-        arr = first_arr if i == 0 else snap.load()
-        if tuple(arr.shape) != first_shape:
-            msg = (f"layer {name!r} changes shape: step {snap.step} has shape {tuple(arr.shape)}, "
-                   f"step {chosen[0].step} has {first_shape}")
-            raise ShapeMismatchError(msg)
-        if arr.dtype.kind not in "biufc":
-            msg = f"{snap.origin}: dtype {arr.dtype} is not numeric"
-            raise SnapshotFormatError(msg)
-        values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols, pool=options.pool)
-        del arr
-        if stack is None:
-            stack = np.lib.format.open_memmap(stack_path, mode="w+", dtype=np.float64,
-                                              shape=(len(chosen), *values.shape))
-        if options.view is View.DELTA_INIT:
-            init = values if init is None else init
-            shown = values - init
-        elif options.view is View.DELTA_STEP:
-            shown = values - (values if prev is None else prev)
-            prev = values
-        else:
-            shown = values
-        stack[i] = shown
-        if progress is not None:
-            progress()
+    try:
+        for i, snap in enumerate(chosen):
+            arr = first_arr if i == 0 else snap.load()
+            if tuple(arr.shape) != first_shape:
+                msg = (f"layer {name!r} changes shape: every snapshot must have the shape of step "
+                       f"{chosen[0].step}, {first_shape}; step {snap.step} has shape {tuple(arr.shape)}")
+                raise ShapeMismatchError(msg)
+            if arr.dtype.kind not in "biufc":
+                msg = f"{snap.origin}: dtype must be bool, integer, float or complex; got {arr.dtype}"
+                raise SnapshotFormatError(msg)
+            values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols,
+                                        pool=options.pool)
+            del arr
+            if stack is None:
+                stack = _open_stack(stack_path, (len(chosen), *values.shape))
+            if options.view is View.DELTA_INIT:
+                init = values if init is None else init
+                shown = values - init
+            elif options.view is View.DELTA_STEP:
+                shown = values - (values if prev is None else prev)
+                prev = values
+            else:
+                shown = values
+            stack[i] = shown
+            if progress is not None:
+                progress()
+    except BaseException:
+        del stack
+        stack_path.unlink(missing_ok=True)
+        raise
     assert stack is not None
     assert grid_info is not None
     stack.flush()
@@ -196,6 +227,31 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
     return PreparedLayer(name=name, steps=tuple(s.step for s in chosen), stack_path=stack_path, info=grid_info,
                          dtype=str(first_arr.dtype), vmin=vmin, vmax=vmax, frame_limits=frame_limits,
                          diverging=diverging, fmt=fmt, total_snapshots=len(snapshots))
+
+
+def _open_stack(path: Path, shape: tuple[int, ...]) -> np.memmap[Any, Any]:
+    """A writable memory-mapped .npy of ``shape`` with every byte reserved on disk.
+
+    Writing through a memory map into a sparse file on a full disk kills the process
+    with SIGBUS, so the space is reserved up front, where a full disk is a clean error.
+    """
+    try:
+        stack = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, path.stat().st_size)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise _scratch_error(path.parent, exc) from exc
+    return stack
+
+
+def _scratch_error(folder: Path, exc: OSError) -> OutputError:
+    msg = (f"cannot write temporary data in {folder}: {exc.strerror or exc} "
+           "(point TMPDIR at a folder with more free space)")
+    return OutputError(msg)
 
 
 def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
@@ -210,6 +266,8 @@ def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
         finite = values[np.isfinite(values)]
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        del values, finite
+        release_pages(mat)
     return (lo, hi) if lo <= hi else None
 
 

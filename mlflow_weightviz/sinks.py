@@ -29,6 +29,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
 _MAX_TAG = 5000  # MLflow allows 8000 characters in a tag value
 
+#: Tags set before any file is logged. If logging fails half way, the run may hold some
+#: new GIFs beside old ones, so it must not keep claiming the old fingerprint: a rerun
+#: then renders again instead of reporting "up to date".
+PENDING_TAGS = {"weightviz.status": "logging", "weightviz.fingerprint": ""}
+
 
 def safe_name(layer: str) -> str:
     """A file name for ``layer`` that cannot leave its folder: ``../a/b`` → ``a_b``."""
@@ -90,16 +95,23 @@ class RunSink:
     artifact_path: str = "weightviz"
 
     def deliver(self, staged_dir: Path, tags: Mapping[str, str]) -> list[str]:
-        """Log every file of ``staged_dir`` in one call, then set ``tags``; returns artifact paths."""
+        """Log every file of ``staged_dir`` in one call, then set ``tags``; returns artifact paths.
+
+        The run is marked as being logged to (:data:`PENDING_TAGS`) first, and ``tags``
+        (with the new fingerprint) are set only after every file is logged.
+        """
         names = sorted(p.name for p in staged_dir.iterdir() if p.is_file())
+        self.set_tags(PENDING_TAGS)
         with _tracking.translate(f"logging results to run {self.run_id}", writing=True):
             self.client.log_artifacts(self.run_id, os.fspath(staged_dir), self.artifact_path)
         self.set_tags(tags)
         return [f"{self.artifact_path}/{n}" if self.artifact_path else n for n in names]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set run tags, truncating values to what MLflow accepts."""
+        """Set run tags in one request, truncating values to what MLflow accepts."""
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(key, text if len(text) <= _MAX_TAG else text[:_MAX_TAG - 3] + "...")
+                 for key, text in ((k, str(v)) for k, v in tags.items())]
         with _tracking.translate(f"tagging run {self.run_id}", writing=True):
-            for key, value in tags.items():
-                text = str(value)
-                self.client.set_tag(self.run_id, key, text if len(text) <= _MAX_TAG else text[:_MAX_TAG - 3] + "...")
+            self.client.log_batch(self.run_id, tags=batch)
