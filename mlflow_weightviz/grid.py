@@ -198,8 +198,12 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
             if arr.dtype.kind not in "biufc":
                 msg = f"{snap.origin}: dtype must be bool, integer, float or complex; got {arr.dtype}"
                 raise SnapshotFormatError(msg)
-            values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols,
-                                        pool=options.pool)
+            try:
+                values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols,
+                                            pool=options.pool)
+            except SnapshotError as exc:
+                msg = f"layer {name!r}, step {snap.step} ({snap.origin}): {exc}"
+                raise SnapshotError(msg) from exc
             del arr
             if stack is None:
                 stack = _open_stack(stack_path, (len(chosen), *values.shape))

@@ -54,6 +54,7 @@ _SAFETENSORS_EXT = {".safetensors"}
 _TORCH_EXT = {".pt", ".pth", ".ckpt", ".bin"}
 _PICKLE_EXT = {".pkl", ".pickle", ".obj", ".p"}
 _INT_RE = re.compile(r"\d+")
+_KIND_NAMES = {"npy": ".npy", "npz": ".npz", "safetensors": ".safetensors", "torch": "torch", "pickle": "pickle"}
 
 Loader = Callable[[], np.ndarray]
 
@@ -176,6 +177,9 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
             msg = f"{path.name}: not a snapshot format (expected .npz, .npy, .safetensors, .pt or a pickle)"
             raise SnapshotFormatError(msg)
         return []
+    if path.stat().st_size == 0:
+        msg = f"{origin}: the file is empty (0 bytes); expected a {_KIND_NAMES[kind]} file"
+        raise SnapshotFormatError(msg)
     step = step_from_name(path.name)
     if step is None:  # mlflow autolog: checkpoints/epoch_3/checkpoint.pth
         for part in reversed(Path(rel_dir).parts):
@@ -187,7 +191,12 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
             layer = rel_dir or root_name
             return _arrange({layer: _npy_ref(path)}, step=step, origin=origin)
         if kind == "npz":
-            return _arrange(_npz_refs(path), step=step, origin=origin)
+            try:
+                refs = _npz_refs(path)
+            except zipfile.BadZipFile as exc:
+                msg = f"{origin}: not a readable .npz (zip) archive, perhaps truncated ({_describe(exc)})"
+                raise SnapshotFormatError(msg) from exc
+            return _arrange(refs, step=step, origin=origin)
         if kind == "safetensors":
             return _arrange(_safetensors_refs(path), step=step, origin=origin)
         if kind == "torch":
@@ -245,6 +254,10 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str) -> list
 
 
 def _stacked(arrays: Mapping[str, _Ref], steps: list[int], origin: str) -> list[Snapshot]:
+    if not steps:
+        shapes = ", ".join(f"{name} {ref.shape}" for name, ref in arrays.items())
+        msg = f"{origin}: expected a stack of at least one snapshot along axis 0; got none ({shapes})"
+        raise SnapshotFormatError(msg)
     out = []
     for name, ref in arrays.items():
         if not ref.shape or ref.shape[0] != len(steps):
@@ -261,8 +274,12 @@ def _take(read: Loader, index: int) -> np.ndarray:
 
 
 def _check_dtype(dtype: np.dtype[Any], where: str) -> None:
-    if dtype.hasobject or dtype.kind not in "biufc":
-        msg = f"{where}: dtype {dtype} is not numeric (object arrays would need pickle)"
+    if dtype.hasobject:
+        msg = (f"{where}: expected a numeric array; got an object array (dtype {dtype}), "
+               "which only pickle could read, and .npy/.npz are never unpickled")
+        raise SnapshotFormatError(msg)
+    if dtype.kind not in "biufc":
+        msg = f"{where}: expected a numeric array (bool, integer, float or complex); got dtype {dtype}"
         raise SnapshotFormatError(msg)
 
 
@@ -375,7 +392,12 @@ def _safetensors_refs(path: Path) -> dict[str, _Ref]:
         if n > min(size - 8, 100_000_000):
             msg = f"{path.name}: corrupt safetensors header (length {n})"
             raise SnapshotFormatError(msg)
-        header = json.loads(fh.read(n))
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        msg = f"{path.name}: corrupt safetensors header: expected JSON, got {raw[:20]!r}... ({_describe(exc)})"
+        raise SnapshotFormatError(msg) from None
     if not isinstance(header, dict):
         msg = f"{path.name}: corrupt safetensors header"
         raise SnapshotFormatError(msg)
@@ -385,7 +407,8 @@ def _safetensors_refs(path: Path) -> dict[str, _Ref]:
         if key == "__metadata__":
             continue
         try:
-            kind, shape, (begin, end) = meta["dtype"], tuple(int(d) for d in meta["shape"]), meta["data_offsets"]
+            kind, shape = meta["dtype"], tuple(int(d) for d in meta["shape"])
+            begin, end = (int(x) for x in meta["data_offsets"])
             dtype = np.dtype(_ST_DTYPES[kind])
         except (KeyError, TypeError, ValueError):
             msg = f"{path.name}: unsupported or corrupt entry {key!r}"
@@ -414,8 +437,17 @@ def _st_read(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[An
 
 def _torch_refs(path: Path) -> dict[str, _Ref]:
     state = _torch_state(path)
-    return {k: _Ref(tuple(t.shape), np.dtype("float32") if t.is_floating_point() else np.dtype("int64"),
-                    functools.partial(_torch_tensor, path, k)) for k, t in state.items()}
+    return {k: _Ref(tuple(t.shape), _torch_dtype(t), functools.partial(_torch_tensor, path, k))
+            for k, t in state.items()}
+
+
+def _torch_dtype(t: Any) -> np.dtype[Any]:
+    # What _torch_tensor returns: floats as float32, everything else as numpy has it.
+    if t.is_floating_point():
+        return np.dtype("float32")
+    if t.is_complex():
+        return np.dtype("complex128") if str(t.dtype) == "torch.complex128" else np.dtype("complex64")
+    return np.dtype("bool") if str(t.dtype) == "torch.bool" else np.dtype("int64")
 
 
 def _torch_state(path: Path) -> dict[str, Any]:
@@ -428,11 +460,10 @@ def _torch_state(path: Path) -> dict[str, Any]:
         msg = f"{path.name}: the file is empty"
         raise SnapshotFormatError(msg)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Only the zip format (torch >= 1.6) can be memory-mapped; older files are read whole.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        msg = (f"{path.name}: refused by torch's safe loader (weights_only=True): it holds objects "
-               f"other than tensors ({_describe(exc).splitlines()[0]})")
-        raise SnapshotFormatError(msg) from None
+        raise SnapshotFormatError(_torch_refusal(path.name, str(exc))) from None
     for key in ("state_dict", "model_state_dict"):  # Lightning / common checkpoint layouts
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -440,6 +471,16 @@ def _torch_state(path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     _flatten(obj, "", flat, torch.Tensor)
     return flat
+
+
+def _torch_refusal(name: str, text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    refused = next((line for line in lines if "GLOBAL" in line), None)
+    if refused is not None:
+        return (f"{name}: refused by torch's safe loader (weights_only=True): expected only tensors and plain "
+                f"containers; the file asks for other objects ({refused})")
+    detail = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+    return f"{name}: not a readable torch file, perhaps corrupt or truncated ({detail})"
 
 
 def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type) -> None:
