@@ -189,14 +189,14 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
     try:
         if kind == "npy":
             layer = rel_dir or root_name
-            return _arrange({layer: _npy_ref(path)}, step=step, origin=origin)
+            return _arrange({layer: _npy_ref(path)}, step=step, origin=origin, stack_first=strict)
         if kind == "npz":
             try:
                 refs = _npz_refs(path)
             except zipfile.BadZipFile as exc:
                 msg = f"{origin}: not a readable .npz (zip) archive, perhaps truncated ({_describe(exc)})"
                 raise SnapshotFormatError(msg) from exc
-            return _arrange(refs, step=step, origin=origin)
+            return _arrange(refs, step=step, origin=origin, stack_first=strict)
         if kind == "safetensors":
             return _arrange(_safetensors_refs(path), step=step, origin=origin)
         if kind == "torch":
@@ -235,8 +235,14 @@ def _detect(path: Path) -> str | None:
     return None
 
 
-def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str) -> list[Snapshot]:
-    """Turn a file's arrays into snapshots: a chunk of steps, one step, or a stack."""
+def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
+             stack_first: bool = False) -> list[Snapshot]:
+    """Turn a file's arrays into snapshots: a chunk of steps, one step, or a stack.
+
+    Arrays of 3 or more dims sharing their first dim are a stack of steps when the file
+    name has no step number, or when the file was named on its own (``stack_first``):
+    ``fc1.npy`` of shape (T, N, M) is then T steps, not one step numbered 1.
+    """
     if not refs:
         return []
     steps_ref = refs.get(STEPS_KEY)
@@ -247,7 +253,7 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str) -> list
             msg = f"{origin}: the 'steps' array must hold integers; it holds {steps.dtype}"
             raise SnapshotFormatError(msg)
         return _stacked(arrays, [int(s) for s in steps], origin)
-    if step is None and arrays and all(len(r.shape) >= 3 for r in arrays.values()) \
+    if (step is None or stack_first) and arrays and all(len(r.shape) >= 3 for r in arrays.values()) \
             and len({r.shape[0] for r in arrays.values()}) == 1:
         return _stacked(arrays, list(range(next(iter(arrays.values())).shape[0])), origin)
     return [Snapshot(name, step or 0, f"{origin}[{name}]", ref.read) for name, ref in arrays.items()]

@@ -1,0 +1,181 @@
+"""From arrays to the display grid: reshaping, pooling, colour scale and number format."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_weightviz.errors import ShapeMismatchError, SnapshotError
+from mlflow_weightviz.grid import choose_format, finite_range, prepare_layer, sample_indices, to_grid
+from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
+from mlflow_weightviz.snapshots import Snapshot
+
+
+def snaps(arrays: list[np.ndarray], name: str = "w") -> list[Snapshot]:
+    return [Snapshot(name, i, f"mem[{i}]", functools.partial(lambda a: a, a)) for i, a in enumerate(arrays)]
+
+
+def prepared(tmp_path: Path, arrays: list[np.ndarray], **options: object):  # type: ignore[no-untyped-def]
+    return prepare_layer("w", snaps(arrays), RenderOptions(**options), tmp_path)  # type: ignore[arg-type]
+
+
+def test_a_bias_becomes_one_row_and_a_conv_kernel_is_reshaped() -> None:
+    bias, info = to_grid(np.arange(5, dtype=np.float32), max_rows=64, max_cols=64)
+    assert bias.shape == (1, 5)
+    assert info.matrix == (1, 5)
+    assert "shape 5 shown as 1×5" in info.note()
+    kernel = np.arange(8 * 3 * 3 * 3).reshape(8, 3, 3, 3)
+    grid, info = to_grid(kernel, max_rows=64, max_cols=64)
+    assert grid.shape == (8, 27)
+    np.testing.assert_array_equal(grid, kernel.reshape(8, 27))
+    assert info.note() == "shape 8×3×3×3 shown as 8×27"
+    assert not info.pooled
+
+
+def test_a_large_matrix_is_mean_pooled_and_the_note_says_so() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(200, 300))
+    grid, info = to_grid(big, max_rows=64, max_cols=64)
+    assert info.block == (4, 5)
+    assert grid.shape == (50, 60) == info.grid
+    assert grid[7, 11] == pytest.approx(big[28:32, 55:60].mean())
+    assert info.note() == "pooled 200×300 → 50×60 (mean of 4×5 blocks)"
+
+
+def test_ragged_edge_blocks_average_only_real_values() -> None:
+    m = np.arange(10 * 7, dtype=np.float64).reshape(10, 7)
+    grid, info = to_grid(m, max_rows=3, max_cols=2)
+    assert info.block == (4, 4)
+    assert grid.shape == (3, 2)
+    assert grid[2, 1] == pytest.approx(m[8:10, 4:7].mean())
+
+
+def test_maxabs_pooling_keeps_the_sign_of_the_largest_magnitude() -> None:
+    m = np.zeros((4, 4))
+    m[0, 1], m[1, 0] = -9.0, 5.0
+    m[2, 2], m[3, 3] = 3.0, -1.0
+    grid, _ = to_grid(m, max_rows=2, max_cols=2, pool=Pool.MAXABS)
+    np.testing.assert_array_equal(grid, [[-9.0, 0.0], [0.0, 3.0]])
+
+
+def test_nan_in_a_pooled_block_is_skipped_and_an_all_nan_block_stays_nan() -> None:
+    m = np.ones((4, 4))
+    m[0, 0] = np.nan
+    m[2:, 2:] = np.nan
+    grid, _ = to_grid(m, max_rows=2, max_cols=2)
+    assert grid[0, 0] == 1.0
+    assert math.isnan(grid[1, 1])
+
+
+def test_complex_values_are_drawn_by_magnitude_and_ints_and_bools_become_floats() -> None:
+    grid, _ = to_grid(np.array([[3 + 4j, -1j]]), max_rows=8, max_cols=8)
+    np.testing.assert_array_equal(grid, [[5.0, 1.0]])
+    assert to_grid(np.array([[True, False]]), max_rows=8, max_cols=8)[0].dtype == np.float64
+    assert to_grid(np.array([[2**40, -3]], dtype=np.int64), max_rows=8, max_cols=8)[0][0, 0] == 2.0**40
+
+
+def test_empty_arrays_are_refused_with_their_shape() -> None:
+    with pytest.raises(SnapshotError, match=r"at least one value; this one has shape \(0, 5\)"):
+        to_grid(np.zeros((0, 5)), max_rows=8, max_cols=8)
+
+
+def test_memory_mapped_input_is_pooled_in_bands(tmp_path: Path) -> None:
+    m = np.random.default_rng(1).normal(size=(1000, 300)).astype(np.float32)
+    np.save(tmp_path / "m.npy", m)
+    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")
+    grid, info = to_grid(mapped, max_rows=10, max_cols=10)
+    expected, _ = to_grid(m, max_rows=10, max_cols=10)
+    np.testing.assert_allclose(grid, expected)
+    assert info.grid == (10, 10)
+    assert finite_range(mapped) == (float(m.min()), float(m.max()))
+
+
+@pytest.mark.parametrize(("count", "k"), [(10, 2), (10, 3), (100, 7), (5, 5), (5, 9), (1000, 64)])
+def test_sampling_keeps_first_and_last_and_k_frames(count: int, k: int) -> None:
+    idx = sample_indices(count, k)
+    assert idx[0] == 0
+    assert idx[-1] == count - 1
+    assert len(idx) == min(count, k)
+    assert idx == sorted(set(idx))
+
+
+def test_global_scale_spans_every_frame_and_is_centred_for_signed_layers(tmp_path: Path) -> None:
+    layer = prepared(tmp_path, [np.array([[0.0, 1.0]]), np.array([[-3.0, 0.5]])])
+    assert layer.diverging
+    assert (layer.vmin, layer.vmax) == (-3.0, 3.0)
+    assert layer.limits(0) == layer.limits(1) == (-3.0, 3.0)
+    assert layer.stack().shape == (2, 1, 2)
+
+
+def test_positive_layers_get_a_sequential_scale_from_min_to_max(tmp_path: Path) -> None:
+    layer = prepared(tmp_path, [np.array([[0.1, 0.2]]), np.array([[0.4, 0.3]])])
+    assert not layer.diverging
+    assert (layer.vmin, layer.vmax) == pytest.approx((0.1, 0.4))
+
+
+def test_frame_scale_and_fixed_limits(tmp_path: Path) -> None:
+    frames = [np.array([[1.0, 2.0]]), np.array([[10.0, 20.0]])]
+    per_frame = prepared(tmp_path, frames, scale=Scale.FRAME)
+    assert per_frame.limits(0) == (1.0, 2.0)
+    assert per_frame.limits(1) == (10.0, 20.0)
+    fixed = prepared(tmp_path, frames, vmin=0.0, vmax=5.0)
+    assert fixed.limits(1) == (0.0, 5.0)
+
+
+def test_nan_and_inf_never_break_the_colour_scale(tmp_path: Path) -> None:
+    layer = prepared(tmp_path, [np.array([[np.nan, 1.0], [np.inf, -np.inf]]), np.array([[2.0, 3.0], [1.5, 1.0]])])
+    assert (layer.vmin, layer.vmax) == (1.0, 3.0)
+    stack = layer.stack()
+    assert math.isnan(stack[0, 0, 0])
+    assert stack[0, 1, 0] == np.inf
+
+
+@pytest.mark.parametrize(("frames", "lo", "hi"), [
+    ([np.full((2, 2), 7.0)], 6.3, 7.7),                     # constant: widened around the value
+    ([np.zeros((2, 2))], -1.0, 1.0),                        # all zero
+    ([np.full((2, 2), np.nan)], 0.0, 1.0),                  # nothing finite: a default scale
+    ([np.array([[1e30, -1e30]])], -1e30, 1e30),             # huge values stay finite
+])
+def test_degenerate_layers_still_get_a_usable_scale(tmp_path: Path, frames: list[np.ndarray], lo: float,
+                                                      hi: float) -> None:
+    layer = prepared(tmp_path, frames)
+    assert layer.vmin < layer.vmax
+    assert (layer.vmin, layer.vmax) == pytest.approx((lo, hi))
+    assert layer.fmt.format(x=layer.vmax)  # the chosen format works on the range
+
+
+def test_delta_views_start_at_zero_and_are_diverging(tmp_path: Path) -> None:
+    frames = [np.array([[1.0, 2.0]]), np.array([[1.5, 1.0]]), np.array([[2.0, 1.0]])]
+    init = prepared(tmp_path, frames, view=View.DELTA_INIT)
+    np.testing.assert_allclose(init.stack()[:, 0, :], [[0, 0], [0.5, -1], [1, -1]])
+    step = prepared(tmp_path, frames, view=View.DELTA_STEP)
+    np.testing.assert_allclose(step.stack()[:, 0, :], [[0, 0], [0.5, -1], [0.5, 0]])
+    assert init.diverging
+    assert step.diverging
+
+
+def test_shape_change_names_expected_and_received_shapes_and_leaves_no_file(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(ShapeMismatchError, match=r"shape of step 0, \(2, 3\); step 1 has shape \(3, 2\)"):
+        prepared(scratch, [np.zeros((2, 3)), np.zeros((3, 2))])
+    assert list(scratch.iterdir()) == []
+
+
+def test_max_frames_samples_the_stack(tmp_path: Path) -> None:
+    layer = prepared(tmp_path, [np.full((1, 1), float(i)) for i in range(20)], max_frames=4)
+    assert layer.steps == (0, 6, 13, 19)
+    assert layer.total_snapshots == 20
+    assert layer.stack()[:, 0, 0].tolist() == [0.0, 6.0, 13.0, 19.0]
+
+
+def test_format_shows_the_change_between_frames() -> None:
+    stack = np.array([[[0.5000, 0.2500]], [[0.5003, 0.2497]]])
+    fmt = choose_format(stack, 0.0, 0.6)
+    assert fmt.format(x=0.5) != fmt.format(x=0.5003)
+    assert choose_format(np.array([[[1e30]], [[-1e30]]]), -1e30, 1e30).endswith("e}")
+    assert choose_format(np.zeros((1, 2, 2)), -1.0, 1.0) == "{x:.3f}"
