@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.errors import WeightvizError
+from mlflow_weightviz.errors import OutputError, WeightvizError
 from mlflow_weightviz.sinks import RunSink
 
 if TYPE_CHECKING:
@@ -216,7 +216,17 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         yield claim
         return
     started = time.monotonic()
-    claim._write()
+    try:
+        claim._write()
+    except OutputError:
+        # SQL stores insert a new tag with a unique key: of two first writes at the same
+        # moment one is refused. The refused one lost the race if a rival claim is there.
+        current = claim._read()
+        if current is None or not current.valid():
+            raise
+        claim.holder = current
+        yield claim
+        return
     # Wait long enough for any rival who read "no claim" to have landed its write too.
     time.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (time.monotonic() - started))))
     with _tracking.translate(f"reading the claim of run {run_id}"):
