@@ -3,10 +3,25 @@
 It draws matplotlib's annotated heatmap (the gallery example the original script copied):
 values written in the cells with a text colour chosen for contrast, tick labels on top
 with the column labels rotated, a white grid between cells and no spines, plus a
-colorbar and a title. As in seaborn's ``matrix.py`` and matplotlib's animation module,
-the figure and every artist are built once; each frame only updates the image data, the
-texts and the title. The figure size is fixed in pixels from the grid shape, so every
-frame has the same size and layout.
+colorbar and a title. The figure and every artist are built once and the figure size is
+fixed in pixels, so every frame has the same size and layout.
+
+matplotlib stays the source of truth for the look, but drawing ~100 texts per frame
+with it costs hundreds of milliseconds. So by default only the first frame uses
+matplotlib's full drawing, to capture the parts that never change (tick labels, grid,
+colorbar, axes) and where each cell lies; every frame after that is composed with numpy:
+
+* cell colours: the colormap applied to the values, spread over each cell's pixels;
+* grid lines: the static drawing over black and over white cells gives each pixel's
+  coverage, so a grid pixel over any cell colour is ``black + (white - black) * colour``;
+* value texts: the glyphs matplotlib's Agg backend would draw, rasterised once by
+  matplotlib's own FreeType engine at the same sub-pixel positions (each string is
+  placed with matplotlib's own text layout), blended with the text colour;
+* title (and the colorbar when the colour scale changes): drawn by matplotlib itself,
+  on their own, into their part of the frame.
+
+``reference=True`` keeps the plain matplotlib drawing of every frame, which tests use to
+check that both paths give the same picture.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ _CHAR_EM = 0.62  # average width of a digit or letter in DejaVu Sans, in ems
 _MAX_ANNOTATED_PX = 1600  # auto-annotation only while the grid stays this small
 _DARK_TEXT = "#262626"
 _LIGHT_TEXT = "#ffffff"
+_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
 
 
 def format_value(fmt: str, value: float) -> str:
@@ -38,9 +54,10 @@ def format_value(fmt: str, value: float) -> str:
     return fmt.format(x=value)
 
 
-def cell_size(grid: tuple[int, int], *, text_chars: int, annotate: bool | None, dpi: int) -> tuple[int, bool]:
+def cell_size(grid: tuple[int, int], *, text_chars: int, annotate: bool | None, dpi: int,
+              font_pt: float = _FONT_PT) -> tuple[int, bool]:
     """The side of a cell in pixels, and whether values are written in the cells."""
-    char_px = _FONT_PT * dpi / 72 * _CHAR_EM
+    char_px = font_pt * dpi / 72 * _CHAR_EM
     text_cell = max(22, math.ceil(text_chars * char_px + 10))
     if annotate is None:
         annotate = max(grid) * text_cell <= _MAX_ANNOTATED_PX
@@ -70,11 +87,17 @@ class HeatmapRenderer:
         col_labels: One tick label per grid column.
         title_sample: The longest title that will be shown, to size the figure.
         dpi: Resolution of the figure.
+        size: Frame size in pixels ``(width, height)``; the grid's square cells are then
+            made as large as fit. ``None`` sizes the frame from the grid (pixels per cell).
+        fontsize: Size in points of the values and tick labels (default 9).
+        reference: Draw every frame with matplotlib alone (slow; the fast composition is
+            checked against it).
     """
 
     def __init__(self, grid: tuple[int, int], *, cmap: str, vmin: float, vmax: float, fmt: str,
                  annotate: bool | None, row_labels: Sequence[str], col_labels: Sequence[str],
-                 title_sample: str, dpi: int = 100) -> None:
+                 title_sample: str, dpi: int = 100, size: tuple[int, int] | None = None,
+                 fontsize: float | None = None, reference: bool = False) -> None:
         import matplotlib as mpl
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -82,71 +105,106 @@ class HeatmapRenderer:
         rows, cols = grid
         self.grid = grid
         self.fmt = fmt
+        self.reference = reference
+        font_pt = _FONT_PT if fontsize is None else float(fontsize)
+        self._font_pt = font_pt
         samples = [format_value(fmt, v) for v in (vmin, vmax, -abs(vmax), -abs(vmin))] + ["-inf"]
-        cell, self.annotated = cell_size(grid, text_chars=max(map(len, samples)), annotate=annotate, dpi=dpi)
-        fs_px = _FONT_PT * dpi / 72
+        text_chars = max(map(len, samples))
+        cell, self.annotated = cell_size(grid, text_chars=text_chars, annotate=annotate, dpi=dpi, font_pt=font_pt)
+        fs_px = font_pt * dpi / 72
         char_px = fs_px * _CHAR_EM
-        row_step = max(1, math.ceil(fs_px * 1.3 / cell))
-        col_step = max(1, math.ceil(fs_px * 1.6 / cell))
-        row_chars = max((len(row_labels[i]) for i in range(0, rows, row_step)), default=1)
-        col_chars = max((len(col_labels[j]) for j in range(0, cols, col_step)), default=1)
         title_lines = title_sample.count("\n") + 1
+        self._title_lines = title_lines
         title_px = _TITLE_PT * dpi / 72
-
-        # Pixel layout, fixed for every frame (no tight bbox during an animation).
-        left = max(row_chars * char_px + 16, col_chars * char_px * 0.87 - cell / 2 + 8)
-        top = title_lines * title_px * 1.35 + 14 + col_chars * char_px * 0.5 + fs_px + 10
         cbar_text = max(len(f"{v:.3g}") for v in (vmin, vmax)) + 1
         right = 14 + 16 + cbar_text * char_px + 16
-        grid_w, grid_h = cols * cell, rows * cell
-        body_h = max(grid_h, 160)
         bottom = 10
-        width = math.ceil(max(left + grid_w + right,
-                              max(map(len, title_sample.splitlines())) * title_px * _CHAR_EM + 24))
-        height = math.ceil(top + body_h + bottom)
-        width += width % 2  # even sizes keep video encoders happy
-        height += height % 2
+
+        def margins(cell: int) -> tuple[float, float, int, int]:
+            row_step = max(1, math.ceil(fs_px * 1.3 / cell))
+            col_step = max(1, math.ceil(fs_px * 1.6 / cell))
+            row_chars = max((len(row_labels[i]) for i in range(0, rows, row_step)), default=1)
+            col_chars = max((len(col_labels[j]) for j in range(0, cols, col_step)), default=1)
+            left = max(row_chars * char_px + 16, col_chars * char_px * 0.87 - cell / 2 + 8)
+            top = title_lines * title_px * 1.35 + 14 + col_chars * char_px * 0.5 + fs_px + 10
+            return left, top, row_step, col_step
+
+        # Pixel layout, fixed for every frame (no tight bbox during an animation).
+        left, top, row_step, col_step = margins(cell)
+        if size is None:
+            grid_w, grid_h = cols * cell, rows * cell
+            body_h = max(grid_h, 160)
+            width = math.ceil(max(left + grid_w + right,
+                                  max(map(len, title_sample.splitlines())) * title_px * _CHAR_EM + 24))
+            height = math.ceil(top + body_h + bottom)
+            width += width % 2  # even sizes keep video encoders happy
+            height += height % 2
+        else:
+            width, height = int(size[0]), int(size[1])
+            for _ in range(2):  # the margins depend a little on the cell size
+                cell = max(1, math.floor(min((width - left - right) / cols, (height - top - bottom) / rows)))
+                left, top, row_step, col_step = margins(cell)
+            if annotate is None:
+                self.annotated = cell >= cell_size(grid, text_chars=text_chars, annotate=True, dpi=dpi,
+                                                   font_pt=font_pt)[0]
+            grid_w, grid_h = cols * cell, rows * cell
+            # Centre the square cells in the room left by the margins, like tight_layout does.
+            left = round(left + max(0.0, (width - left - right - grid_w) / 2))
+            top = round(top + max(0.0, (height - top - bottom - grid_h) / 2))
+            body_h = grid_h
         self.size = (width, height)
+        self._cell = cell
 
         fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
         self._canvas = FigureCanvasAgg(fig)
         self._fig = fig
         ax_bottom = height - top - grid_h
         ax = fig.add_axes((left / width, ax_bottom / height, grid_w / width, grid_h / height))
+        self._ax = ax
         self._cmap = mpl.colormaps[cmap].with_extremes(bad=NAN_COLOR)
         self._norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
+        self._limits = (float(vmin), float(vmax))
         blank = np.ma.masked_all(grid)  # type: ignore[no-untyped-call]
         self._image = ax.imshow(blank, cmap=self._cmap, norm=self._norm, aspect="auto", interpolation="nearest")
         cax = fig.add_axes(((left + grid_w + 14) / width, (height - top - body_h) / height,
                             16 / width, body_h / height))
+        self._cax = cax
         cbar = fig.colorbar(self._image, cax=cax)
         cbar.outline.set_visible(False)
-        cax.tick_params(labelsize=_FONT_PT)
+        cax.tick_params(labelsize=font_pt)
 
         ax.set_xticks(np.arange(0, cols, col_step), labels=[col_labels[j] for j in range(0, cols, col_step)],
-                      fontsize=_FONT_PT)
+                      fontsize=font_pt)
         ax.set_yticks(np.arange(0, rows, row_step), labels=[row_labels[i] for i in range(0, rows, row_step)],
-                      fontsize=_FONT_PT)
+                      fontsize=font_pt)
         ax.tick_params(top=True, bottom=False, labeltop=True, labelbottom=False)
         for label in ax.get_xticklabels():
             label.set(rotation=-30, ha="right", rotation_mode="anchor")
         for spine in ax.spines.values():
             spine.set_visible(False)
+        self._grid_kw: dict[str, Any] | None = None
         if cell >= 6:
             ax.set_xticks(np.arange(cols + 1) - 0.5, minor=True)
             ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
-            ax.grid(which="minor", color="w", linestyle="-", linewidth=min(3.0, cell * 0.08 * 72 / dpi))
+            self._grid_kw = {"color": "w", "linestyle": "-", "linewidth": min(3.0, cell * 0.08 * 72 / dpi)}
+            ax.grid(which="minor", **self._grid_kw)
             ax.tick_params(which="minor", bottom=False, left=False, top=False)
         self._title = fig.text(0.5, 1 - 8 / height, "", ha="center", va="top", fontsize=_TITLE_PT)
         self._texts: list[Any] = []
         if self.annotated:
-            self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=_FONT_PT)
+            self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=font_pt)
                            for i in range(rows) for j in range(cols)]
         self._dark = np.zeros(rows * cols, dtype=bool)
         self._dark_set = False
+        self._fast: _Composer | None = None
 
     def render(self, values: np.ndarray, title: str, limits: tuple[float, float] | None = None) -> np.ndarray:
         """Draw one frame and return it as an (height, width, 3) uint8 RGB array.
+
+        Args:
+            values: The grid's values, of the renderer's grid shape; NaN and ±inf allowed.
+            title: The frame's title (may have several lines).
+            limits: This frame's colour scale ``(vmin, vmax)``; ``None`` keeps the current one.
 
         Raises:
             ValueError: ``values`` does not have the renderer's grid shape.
@@ -154,6 +212,14 @@ class HeatmapRenderer:
         if values.shape != self.grid:
             msg = f"values must have the renderer's grid shape {self.grid}; got shape {values.shape}"
             raise ValueError(msg)
+        values = np.asarray(values, dtype=np.float64)
+        if self.reference:
+            return self._render_reference(values, title, limits)
+        if self._fast is None:
+            self._fast = _Composer(self)
+        return self._fast.render(values, title, limits)
+
+    def _render_reference(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         if limits is not None and (self._norm.vmin, self._norm.vmax) != limits:
             self._image.set_clim(*limits)
         masked = np.ma.masked_invalid(values)
@@ -182,4 +248,394 @@ class HeatmapRenderer:
 
     def close(self) -> None:
         """Release the figure."""
+        self._fast = None
         self._fig.clear()
+
+
+class _TextLayout:
+    """Where matplotlib puts the glyphs of one string, relative to the text's anchor point."""
+
+    __slots__ = ("dx", "fonts", "gids", "x_off", "y_off")
+
+    def __init__(self, x_off: float, y_off: float, dx: np.ndarray, fonts: list[Any], gids: list[int]) -> None:
+        self.x_off = x_off
+        self.y_off = y_off
+        self.dx = dx
+        self.fonts = fonts
+        self.gids = gids
+
+
+class _Composer:
+    """The fast path of :class:`HeatmapRenderer`: frames composed from captured parts.
+
+    Built from the renderer's figure with three matplotlib draws (cells black, cells
+    white, cells coloured by their index) that give the static picture, each pixel's
+    grid coverage and the cells' pixel extents.
+    """
+
+    def __init__(self, r: HeatmapRenderer) -> None:
+        from matplotlib.backends.backend_agg import get_hinting_flag
+        from matplotlib.font_manager import fontManager, get_font
+
+        self.r = r
+        canvas, image = r._canvas, r._image
+        rows, cols = r.grid
+        width, height = r.size
+        self.width, self.height = width, height
+
+        image.set_data(np.zeros((rows, cols, 3), np.uint8))
+        black = self._draw()
+        image.set_data(np.full((rows, cols, 3), 255, np.uint8))
+        white = self._draw()
+        if r._grid_kw is not None:
+            r._ax.grid(visible=False, which="minor")
+        k = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+        image.set_data(np.stack([k & 255, (k >> 8) & 255, (k >> 16) & 255], axis=-1).astype(np.uint8))
+        coded = self._draw().astype(np.int64)
+        if r._grid_kw is not None:
+            r._ax.grid(visible=True, which="minor", **r._grid_kw)
+        image.set_data(np.ma.masked_all(r.grid))  # type: ignore[no-untyped-call]
+        self.renderer: Any = canvas.get_renderer()  # type: ignore[no-untyped-call]
+        self.agg = np.asarray(self.renderer.buffer_rgba())
+
+        # The cells' region: where the picture depends on the cell colours at all.
+        touched = (black != white).any(axis=2)
+        ys, xs = np.flatnonzero(touched.any(axis=1)), np.flatnonzero(touched.any(axis=0))
+        self.y0, self.y1, self.x0, self.x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        index = coded[..., 0] | (coded[..., 1] << 8) | (coded[..., 2] << 16)
+        centres = r._ax.transData.transform(np.column_stack([np.tile(np.arange(cols), rows),
+                                                             np.repeat(np.arange(rows), cols)]).astype(float))
+        self.posx, self.posy = centres[:, 0].copy(), centres[:, 1].copy()
+        mid_x = min(max(int(self.posx[0]), self.x0), self.x1 - 1)
+        mid_y = min(max(height - 1 - int(self.posy[0]), self.y0), self.y1 - 1)
+        col_of = self._cell_runs(index[mid_y, self.x0:self.x1], rows * cols, lambda c: c % cols, lambda c: c < cols)
+        row_of = self._cell_runs(index[self.y0:self.y1, mid_x], rows * cols, lambda c: c // cols,
+                                 lambda c: c % cols == 0)
+        self.col_counts = np.bincount(col_of, minlength=cols)
+        self.row_counts = np.bincount(row_of, minlength=rows)
+
+        # Pixels of the region that are not plain cell colour: grid lines and their edges.
+        region_b = black[self.y0:self.y1, self.x0:self.x1]
+        region_w = white[self.y0:self.y1, self.x0:self.x1]
+        mixed = ~((region_b == 0).all(axis=2) & (region_w == 255).all(axis=2))
+        my, mx = np.nonzero(mixed)
+        self.mixed_at = (my + self.y0) * width + (mx + self.x0)
+        self.mixed_cell = row_of[my] * cols + col_of[mx]
+        self.mixed_base = region_b[my, mx].astype(np.int32)
+        self.mixed_span = region_w[my, mx].astype(np.int32) - self.mixed_base
+
+        self.static = black  # outside the cells' region every draw is the same
+        self.frame = black.copy()
+        self.limits = r._limits
+        self.text_box: tuple[int, int, int, int] | None = None
+
+        # Title: drawn by matplotlib into its own band, restored to the background first.
+        r._title.set_text("\n".join(["Mg"] * r._title_lines))
+        self.title_rows = (0, 0)
+        self._title_band(r)
+
+        # Colorbar: redrawn by matplotlib when a frame brings a new colour scale.
+        # It is always drawn on its own, so a frame's pixels never depend on the frames before.
+        bbox = r._cax.get_tightbbox(self.renderer) or r._cax.get_window_extent(self.renderer)
+        pad = math.ceil(r._font_pt * r._fig.dpi / 72)
+        self.cbar_box = (max(0, height - math.ceil(bbox.y1) - pad), min(height, height - math.floor(bbox.y0) + pad),
+                         max(0, math.floor(bbox.x0) - 2), width)
+        self._redraw_colorbar()
+
+        cb = r._cax.get_window_extent(self.renderer)
+        self.cax_box: tuple[int, int, int, int] | None = (
+            height - math.ceil(cb.y1), height - math.floor(cb.y0), math.floor(cb.x0), math.ceil(cb.x1))
+
+        # Text: matplotlib's FreeType engine draws each glyph at a 1/64 px position.
+        self.hinting = get_hinting_flag()  # type: ignore[no-untyped-call]
+        self.dpi = float(r._fig.dpi)
+        self.layouts: dict[str, _TextLayout | None] = {}
+        self.exact: dict[str, _TextLayout] = {}
+        self.font_ids: dict[int, int] = {}
+        self.fonts: list[Any] = []
+        self.atlas_keys: dict[tuple[int, int, int, int], int] = {}
+        self.glyphs: list[tuple[np.ndarray, int, int]] = []
+        self.atlas: np.ndarray = np.zeros((0, 1, 1), np.uint8)
+        self.atlas_left = np.zeros(0, np.int64)
+        self.atlas_top = np.zeros(0, np.int64)
+        self.known_keys = np.zeros(0, np.int64)
+        self.known_entries = np.zeros(0, np.int64)
+        self.text_rgb = np.array([[255, 255, 255], [0x26, 0x26, 0x26]], np.uint16)  # light, dark
+        self.col_groups = 1
+        if r._texts:
+            prop = r._texts[0].get_fontproperties()
+            self.prop = prop
+            self.main_font = get_font(fontManager._find_fonts_by_props(prop))
+            # Texts wider than a cell overlap their neighbours; draw those in separate passes.
+            samples = [format_value(r.fmt, v) for v in (*self.limits, -abs(self.limits[1]), math.inf, -math.inf)]
+            widest = max(-2 * self._layout_of(s).x_off for s in samples if s and "$" not in s)
+            self.col_groups = 2 if widest + 4 > r._cell else 1
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _draw(self) -> np.ndarray:
+        self.r._canvas.draw()  # type: ignore[no-untyped-call]
+        return np.asarray(self.r._canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _cell_runs(line: np.ndarray, count: int, which: Any, valid: Any) -> np.ndarray:
+        """Which cell column (or row) each pixel of a scan line belongs to, edges filled by the nearest."""
+        ok = (line < count) & valid(np.minimum(line, count - 1))
+        out = np.where(ok, which(np.minimum(line, count - 1)), -1)
+        idx = np.where(ok, np.arange(line.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        out = out[idx]
+        first = int(np.flatnonzero(ok)[0])
+        out[:first] = out[first]
+        if np.any(np.diff(out) < 0):
+            msg = "cells are not laid out in order"
+            raise RuntimeError(msg)
+        return np.asarray(out, dtype=np.int64)
+
+    def _title_band(self, r: HeatmapRenderer) -> None:
+        bbox = r._title.get_window_extent(self.renderer)
+        top = max(0, self.height - math.ceil(bbox.y1) - 4)
+        bottom = min(self.height, self.height - math.floor(bbox.y0) + 4, self.y0)
+        self.title_rows = (top, max(top, bottom))
+        r._title.set_text("")
+
+    # ------------------------------------------------------------------ per frame
+
+    def render(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
+        r = self.r
+        rows, cols = r.grid
+        frame = self.frame
+        if limits is not None and (float(limits[0]), float(limits[1])) != self.limits:
+            self._set_limits(limits)
+        masked = np.ma.masked_invalid(values)
+        normed = r._norm(masked)
+        colours = r._cmap(normed, bytes=True)[..., :3]
+
+        if self.text_box is not None:  # texts drawn outside the cells last frame
+            y0, y1, x0, x1 = self.text_box
+            frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
+            self.text_box = None
+        band = np.repeat(colours, self.col_counts, axis=1)
+        frame[self.y0:self.y1, self.x0:self.x1] = np.repeat(band, self.row_counts, axis=0)
+        flat = frame.reshape(-1, 3)
+        under = colours.reshape(-1, 3).astype(np.int32)[self.mixed_cell]
+        flat[self.mixed_at] = (self.mixed_base + (self.mixed_span * under + 127) // 255).astype(np.uint8)
+
+        if r._texts:
+            dark = text_is_dark(r._cmap(normed)).ravel()
+            self._draw_texts(values.ravel().tolist(), dark)
+        self._draw_title(title)
+        return frame.copy()
+
+    def _set_limits(self, limits: tuple[float, float]) -> None:
+        self.r._image.set_clim(*limits)
+        self.limits = (float(limits[0]), float(limits[1]))
+        self._redraw_colorbar()
+
+    def _redraw_colorbar(self) -> None:
+        r = self.r
+        y0, y1, x0, x1 = self.cbar_box
+        face = (np.asarray(r._fig.get_facecolor()) * 255).round().astype(np.uint8)
+        self.agg[y0:y1, x0:x1] = face
+        r._fig.draw_artist(r._cax)
+        self.static[y0:y1, x0:x1] = self.agg[y0:y1, x0:x1, :3]
+        self.frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
+
+    def _draw_title(self, title: str) -> None:
+        r = self.r
+        t0, t1 = self.title_rows
+        self.agg[t0:t1, :, :3] = self.static[t0:t1]
+        self.agg[t0:t1, :, 3] = 255
+        r._title.set_text(title)
+        r._fig.draw_artist(r._title)
+        self.frame[t0:t1] = self.agg[t0:t1, :, :3]
+
+    # ------------------------------------------------------------------ text
+
+    def _font_id(self, font: Any) -> int:
+        key = id(font)
+        if key not in self.font_ids:
+            self.font_ids[key] = len(self.fonts)
+            self.fonts.append(font)
+        return self.font_ids[key]
+
+    def _measure(self, s: str) -> _TextLayout:
+        """Matplotlib's own layout of ``s``: the anchor offset and every glyph's pen position."""
+        text = self.r._texts[0]
+        saved = text.get_text()
+        text.set_text(s)
+        try:
+            _, info, _ = text._get_layout(self.renderer)
+        finally:
+            text.set_text(saved)
+        (_, _, (x_off, y_off)), = info
+        font = self.main_font
+        font.set_size(self.prop.get_size_in_points(), self.dpi)
+        items = font._layout(s, flags=self.hinting)
+        dx = np.array([it.x for it in items], dtype=np.float64)
+        if any(it.y != 0 for it in items):
+            msg = "vertical glyph offsets are not supported"
+            raise RuntimeError(msg)
+        return _TextLayout(float(x_off), float(y_off), dx, [it.ft_object for it in items],
+                           [int(it.glyph_index) for it in items])
+
+    def _layout_of(self, s: str) -> _TextLayout:
+        """Matplotlib's layout of ``s``, shared by every string that differs only in its digits when that holds."""
+        key = s.translate(_DIGITS_TO_ZERO)
+        if key not in self.layouts:
+            base = self._measure(key)
+            same = len(base.gids) == len(key)
+            for d in "123456789":  # digits must be interchangeable: same advances, no kerning
+                other = self._measure(key.replace("0", d))
+                if (other.x_off, other.y_off) != (base.x_off, base.y_off) or not np.array_equal(other.dx, base.dx):
+                    same = False
+                    break
+            self.layouts[key] = base if same else None
+        shared = self.layouts[key]
+        if shared is not None and key == s:
+            return shared
+        if s not in self.exact:
+            if len(self.exact) > 4096:
+                self.exact.clear()
+            self.exact[s] = self._measure(s)
+        return self.exact[s]
+
+    def _glyph(self, font_id: int, gid: int, fx: int, fy: int) -> int:
+        """Atlas entry of one glyph rendered at sub-pixel offset ``(fx, fy)`` / 64 px."""
+        key = (font_id, gid, fx, fy)
+        entry = self.atlas_keys.get(key)
+        if entry is None:
+            from matplotlib.ft2font import RenderMode
+
+            font = self.fonts[font_id]
+            font.set_size(self.prop.get_size_in_points(), self.dpi)
+            font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [fx, fy])
+            bitmap = font._render_glyph(gid, self.hinting, RenderMode.NORMAL)
+            entry = len(self.glyphs)
+            self.glyphs.append((np.array(bitmap.buffer, dtype=np.uint8), int(bitmap.left), int(bitmap.top)))
+            self.atlas_keys[key] = entry
+        return entry
+
+    def _pack_atlas(self) -> None:
+        gh = max(1, max(g[0].shape[0] for g in self.glyphs))
+        gw = max(1, max(g[0].shape[1] for g in self.glyphs))
+        atlas = np.zeros((len(self.glyphs), gh, gw), np.uint8)
+        for i, (buf, _, _) in enumerate(self.glyphs):
+            atlas[i, :buf.shape[0], :buf.shape[1]] = buf
+        self.atlas = atlas
+        self.atlas_left = np.array([g[1] for g in self.glyphs], np.int64)
+        self.atlas_top = np.array([g[2] for g in self.glyphs], np.int64)
+        inked = atlas.reshape(len(self.glyphs), -1) > 0
+        self.sparse_count = inked.sum(axis=1)
+        self.sparse_start = np.concatenate([[0], np.cumsum(self.sparse_count)[:-1]]).astype(np.int64)
+        entry, where = np.nonzero(inked)
+        self.sparse_offset = (where // gw) * self.width + where % gw
+        self.sparse_alpha = atlas.reshape(len(self.glyphs), -1)[entry, where].astype(np.uint16)
+        keys = np.array([(((f << 20) + g) << 12) + (fx << 6) + fy for f, g, fx, fy in self.atlas_keys], np.int64)
+        order = np.argsort(keys)
+        self.known_keys = keys[order]
+        self.known_entries = np.array(list(self.atlas_keys.values()), np.int64)[order]
+
+    def _draw_texts(self, values: list[float], dark: np.ndarray) -> None:
+        r = self.r
+        fmt = r.fmt
+        groups: dict[str, list[int]] = {}
+        strings = [format_value(fmt, v) for v in values]
+        for k, s in enumerate(strings):
+            if s and "$" not in s:  # '$' would make matplotlib parse mathtext
+                groups.setdefault(s.translate(_DIGITS_TO_ZERO), []).append(k)
+        parts: list[tuple[np.ndarray, ...]] = []
+        for key, ks in groups.items():
+            self._layout_of(key)
+            if self.layouts[key] is not None:
+                parts.append(self._place(self.layouts[key], key, ks, [strings[k] for k in ks]))  # type: ignore[arg-type]
+            else:
+                parts.extend(self._place(self._layout_of(strings[k]), strings[k], [k], [strings[k]]) for k in ks)
+        if not parts:
+            return
+        font_id, gid, ox, oy, cells, order = (np.concatenate(a) for a in zip(*parts, strict=True))
+        keys = (((font_id << 20) + gid) << 12) + ((ox & 63) << 6) + (oy & 63)
+        e = self._entries(keys)
+        # Neighbouring glyphs, and texts wider than their cell, overlap at the edges. matplotlib
+        # blends them one after another, so draw in passes that never overlap within a pass: glyphs
+        # of even and odd places, and when texts overlap their neighbours, column by column.
+        passes = order % 2 + 2 * (cells % self.r.grid[1] if self.col_groups > 1 else 0)
+        sort = np.argsort(passes, kind="stable")
+        e, cells, passes = e[sort], cells[sort], passes[sort]
+        left = (ox[sort] >> 6) + self.atlas_left[e]
+        top = self.height - ((oy[sort] >> 6) + self.atlas_top[e])
+        gh, gw = self.atlas.shape[1:]
+        if left.min() < 0 or top.min() < 0 or (left + gw).max() > self.width or (top + gh).max() > self.height:
+            inside = (left >= 0) & (top >= 0) & (left + gw <= self.width) & (top + gh <= self.height)
+            e, cells, passes, left, top = e[inside], cells[inside], passes[inside], left[inside], top[inside]
+        if e.size == 0:
+            return
+        box = (int(top.min()), int((top + gh).max()), int(left.min()), int((left + gw).max()))
+        if box[0] < self.y0 or box[1] > self.y1 or box[2] < self.x0 or box[3] > self.x1:
+            self.text_box = box
+        # Each glyph's inked pixels, from the atlas in sparse form.
+        counts = self.sparse_count[e]
+        total = int(counts.sum())
+        ends = np.cumsum(counts)
+        pick = np.arange(total) - np.repeat(ends - counts - self.sparse_start[e], counts)
+        at = np.repeat(top * self.width + left, counts) + self.sparse_offset[pick]
+        cover = self.sparse_alpha[pick][:, None]
+        colour = self.text_rgb[np.repeat(dark[cells].astype(np.intp), counts)]
+        # Each pass as one gather, blend and scatter over the frame's bytes (Agg's 8-bit blend).
+        at3 = (at * 3)[:, None] + np.arange(3)
+        bounds = ends[np.searchsorted(passes, np.unique(passes), side="right") - 1].tolist()
+        flat = self.frame.reshape(-1)
+        start = 0
+        for end in bounds:
+            where = at3[start:end]
+            a = cover[start:end]
+            mix = flat[where] * (255 - a) + colour[start:end] * a + 128
+            flat[where] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
+            start = end
+        if self.text_box is not None and self.cax_box is not None:  # the colorbar is drawn over the texts
+            y0, y1, x0, x1 = self.cax_box
+            self.frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
+
+    def _entries(self, keys: np.ndarray) -> np.ndarray:
+        """Atlas entries of glyph keys, rendering the glyphs not seen yet."""
+        pos = np.searchsorted(self.known_keys, keys)
+        hit = pos < self.known_keys.size
+        hit[hit] = self.known_keys[pos[hit]] == keys[hit]
+        if not hit.all():
+            for u in np.unique(keys[~hit]).tolist():
+                self._glyph(int(u >> 32), int((u >> 12) & 0xFFFFF), int((u >> 6) & 63), int(u & 63))
+            self._pack_atlas()
+            pos = np.searchsorted(self.known_keys, keys)
+        return np.asarray(self.known_entries[pos])
+
+    def _place(self, lay: _TextLayout, key: str, ks: list[int], strings: list[str]) -> tuple[np.ndarray, ...]:
+        """Glyph placements of strings that share one layout: font, glyph, 26.6 position, cell, order."""
+        n, length = len(ks), len(lay.gids)
+        cells = np.asarray(ks, dtype=np.int64)
+        height = float(self.height)
+        x = lay.x_off + self.posx[cells]
+        y = height - (height - (lay.y_off + self.posy[cells]))  # as Text.draw and the Agg backend compute it
+        ox = np.round(0x40 * (x[:, None] + lay.dx[None, :])).astype(np.int64)
+        oy = np.broadcast_to(np.round(0x40 * y).astype(np.int64)[:, None], (n, length))
+        font_id = np.tile(np.array([self._font_id(f) for f in lay.fonts], np.int64), (n, 1))
+        gid = np.tile(np.array(lay.gids, np.int64), (n, 1))
+        digit_at = np.frombuffer(key.encode("utf-32-le"), np.uint32) == ord("0")
+        if n > 1 or strings[0] != key:
+            codes = np.frombuffer("".join(strings).encode("utf-32-le"), np.uint32).reshape(n, length)
+            lut_font, lut_gid = self._digit_luts()
+            digits = codes[:, digit_at].astype(np.int64) - ord("0")
+            font_id[:, digit_at] = lut_font[digits]
+            gid[:, digit_at] = lut_gid[digits]
+        order = np.broadcast_to(np.arange(length), (n, length))
+        return (font_id.ravel(), gid.ravel(), ox.ravel(), oy.ravel(),
+                np.repeat(cells, length), order.ravel())
+
+    def _digit_luts(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_luts"):
+            fonts, gids = [], []
+            for d in "0123456789":
+                lay = self._measure(d)
+                fonts.append(self._font_id(lay.fonts[0]))
+                gids.append(lay.gids[0])
+            self._luts = (np.array(fonts, np.int64), np.array(gids, np.int64))
+        return self._luts
