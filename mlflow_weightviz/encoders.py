@@ -12,6 +12,9 @@ GIF itself, one frame at a time, in matplotlib's ``setup / add_frame / finish`` 
 * delays are written in the GIF's 10 ms units, and the last frame can be held longer.
 
 Pillow still does the LZW compression, through its public ``GifImagePlugin.getdata``.
+Each step is a plain function (:func:`build_palette`, :class:`Quantizer`,
+:func:`changed_box`, :func:`encode_image`), so worker processes can encode frames and the
+writer only puts the blocks in order: the file is the same whoever encoded them.
 """
 
 from __future__ import annotations
@@ -28,9 +31,109 @@ import numpy as np
 from mlflow_weightviz._files import atomic_file
 from mlflow_weightviz.options import MIN_FRAME_MS
 
-__all__ = ["GifEncoder", "frames_to_gif"]
+__all__ = ["FrameEncoder", "GifEncoder", "Quantizer", "build_palette", "changed_box", "encode_image", "frames_to_gif"]
 
 _MAX_DELAY_MS = 655_350  # the GIF delay field is 16 bits of 10 ms
+
+
+def build_palette(first: np.ndarray, seed: np.ndarray | None = None) -> np.ndarray:
+    """The GIF's one 256-colour table: the seed colours, then the first frame's own colours.
+
+    Deterministic: the same first frame and seed always give the same table, so frames
+    quantized in different processes agree.
+
+    Args:
+        first: The first (H, W, 3) uint8 frame.
+        seed: (K, 3) uint8 colours that must be in the palette (the renderer's colours).
+
+    Returns:
+        A (256, 3) uint8 colour table.
+    """
+    from PIL import Image
+
+    seeded = np.zeros((0, 3), np.uint8) if seed is None else np.asarray(seed, np.uint8).reshape(-1, 3)
+    seeded = np.unique(seeded, axis=0)[:256]
+    free = 256 - len(seeded)
+    colours = [seeded]
+    if free:
+        adaptive = Image.fromarray(first).quantize(colors=free, method=Image.Quantize.FASTOCTREE)
+        used = len(adaptive.getcolors(256) or [])
+        pal = np.frombuffer(bytes(adaptive.getpalette() or b""), np.uint8).reshape(-1, 3)[:max(used, 1)]
+        colours.append(pal)
+    palette = np.unique(np.vstack(colours), axis=0)[:256]
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = palette
+    table[len(palette):] = palette[-1]  # pad with a repeat so padding is never the only match
+    return table
+
+
+class Quantizer:
+    """Maps RGB frames to indices of a fixed palette, without dithering (Pillow's nearest-colour map).
+
+    Args:
+        table: The (256, 3) uint8 palette.
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        from PIL import Image
+
+        self.table = np.asarray(table, np.uint8).reshape(256, 3)
+        self._image = Image.new("P", (1, 1))
+        self._image.putpalette(self.table.tobytes())
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """The (H, W) uint8 palette indices of an (H, W, 3) uint8 frame."""
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(rgb).quantize(palette=self._image, dither=Image.Dither.NONE))
+
+
+def changed_box(previous: np.ndarray | None, index: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The rectangle ``(left, top, right, bottom)`` where ``index`` differs from ``previous``.
+
+    The whole frame when there is no previous frame; ``None`` when nothing changed.
+    """
+    if previous is None:
+        return (0, 0, index.shape[1], index.shape[0])
+    changed = index != previous
+    rows = np.flatnonzero(changed.any(axis=1))
+    if rows.size == 0:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(changed[top:bottom].any(axis=0))
+    return (int(cols[0]), top, int(cols[-1]) + 1, bottom)
+
+
+def encode_image(index: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+    """One GIF image block (descriptor and LZW data) of the ``box`` part of a palette-index frame.
+
+    The block has no graphic control extension: the encoder adds it with the frame's
+    delay, which is only known once the following frames are (identical ones are merged).
+    """
+    from PIL import GifImagePlugin, Image
+
+    left, top, right, bottom = box
+    crop = Image.fromarray(np.ascontiguousarray(index[top:bottom, left:right]))
+    return b"".join(GifImagePlugin.getdata(crop, offset=(left, top)))
+
+
+class FrameEncoder:
+    """Turns RGB frames into GIF image blocks against the previous frame (quantize, diff, LZW).
+
+    The same steps run in the single-process encoder and in worker processes, so both
+    produce the same bytes.
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.quantize = Quantizer(table)
+        self.previous: np.ndarray | None = None
+
+    def encode(self, rgb: np.ndarray) -> bytes | None:
+        """The image block of one frame, or ``None`` when it equals the previous frame."""
+        index = self.quantize(rgb)
+        box = changed_box(self.previous, index)
+        self.previous = index
+        return None if box is None else encode_image(index, box)
 
 
 class GifEncoder:
@@ -41,6 +144,9 @@ class GifEncoder:
         with GifEncoder(fh, frame_ms=200) as gif:
             for frame in frames:
                 gif.add_frame(frame)
+
+    Frames encoded elsewhere (by worker processes, see :mod:`mlflow_weightviz.parallel`)
+    go in with :meth:`start` and :meth:`add_block` instead.
 
     Args:
         fh: A binary file opened for writing.
@@ -58,9 +164,9 @@ class GifEncoder:
         self._loop = loop
         self._seed = palette_colors
         self._size: tuple[int, int] | None = None
-        self._palette_image: Any = None
-        self._prev: np.ndarray | None = None
-        self._pending: tuple[Any, tuple[int, int], int] | None = None
+        self._frames: FrameEncoder | None = None
+        self._pending: tuple[bytes, int] | None = None
+        self.palette: np.ndarray | None = None
         self.frames_written = 0
 
     def __enter__(self) -> GifEncoder:
@@ -80,72 +186,56 @@ class GifEncoder:
             msg = f"a frame must be an (H, W, 3) uint8 RGB array; got shape {rgb.shape} and dtype {rgb.dtype}"
             raise ValueError(msg)
         if self._size is None:
-            self._setup(rgb)
+            self.start(build_palette(rgb, self._seed), (rgb.shape[1], rgb.shape[0]))
         elif (rgb.shape[1], rgb.shape[0]) != self._size:
             msg = f"every frame must be {self._size[0]}×{self._size[1]} px; got {rgb.shape[1]}×{rgb.shape[0]}"
             raise ValueError(msg)
-        index = np.asarray(Image.fromarray(rgb).quantize(palette=self._palette_image, dither=Image.Dither.NONE))
-        if self._prev is None:
-            box = (0, 0, index.shape[1], index.shape[0])
-        else:
-            changed = index != self._prev
-            rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-            if rows.size == 0:  # identical frame: show the previous one longer
-                assert self._pending is not None
-                image, offset, ms = self._pending
-                self._pending = (image, offset, ms + self._frame_ms)
-                return
-            box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        if self._frames is None:
+            assert self.palette is not None
+            self._frames = FrameEncoder(self.palette)
+        self.add_block(self._frames.encode(rgb))
+
+    def start(self, table: np.ndarray, size: tuple[int, int]) -> None:
+        """Write the header: the (256, 3) uint8 palette and the ``(width, height)`` of every frame."""
+        width, height = size
+        self._size = (width, height)
+        self.palette = np.asarray(table, np.uint8).reshape(256, 3)
+        header = b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, 0, 0) + self.palette.tobytes()
+        if self._loop is not None:
+            header += b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", self._loop) + b"\x00"
+        self._fh.write(header)
+
+    def add_block(self, block: bytes | None) -> None:
+        """Add a frame as an image block from :func:`encode_image`; ``None`` repeats the previous frame."""
+        if block is None:  # identical frame: show the previous one longer
+            if self._pending is None:
+                msg = "the first frame cannot repeat a previous one"
+                raise ValueError(msg)
+            self._pending = (self._pending[0], self._pending[1] + self._frame_ms)
+            return
         self._flush_pending()
-        crop = Image.fromarray(np.ascontiguousarray(index[box[1]:box[3], box[0]:box[2]]))
-        self._pending = (crop, (box[0], box[1]), self._frame_ms)
-        self._prev = index
+        self._pending = (block, self._frame_ms)
 
     def finish(self) -> None:
         """Write the last frame and the GIF trailer."""
         if self._pending is None:
             msg = "a GIF needs at least one frame"
             raise ValueError(msg)
-        image, offset, ms = self._pending
+        block, ms = self._pending
         if self._hold_last_ms is not None:
-            self._pending = (image, offset, max(ms, self._hold_last_ms))
+            self._pending = (block, max(ms, self._hold_last_ms))
         self._flush_pending()
         self._fh.write(b";")
         self._fh.flush()
 
-    def _setup(self, rgb: np.ndarray) -> None:
-        from PIL import Image
-
-        height, width = rgb.shape[:2]
-        self._size = (width, height)
-        seed = np.zeros((0, 3), np.uint8) if self._seed is None else np.asarray(self._seed, np.uint8).reshape(-1, 3)
-        seed = np.unique(seed, axis=0)[:256]
-        free = 256 - len(seed)
-        colours = [seed]
-        if free:
-            adaptive = Image.fromarray(rgb).quantize(colors=free, method=Image.Quantize.FASTOCTREE)
-            used = len(adaptive.getcolors(256) or [])
-            pal = np.frombuffer(bytes(adaptive.getpalette() or b""), np.uint8).reshape(-1, 3)[:max(used, 1)]
-            colours.append(pal)
-        palette = np.unique(np.vstack(colours), axis=0)[:256]
-        table = np.zeros((256, 3), np.uint8)
-        table[: len(palette)] = palette
-        table[len(palette):] = palette[-1]  # pad with a repeat so padding is never the only match
-        self._palette_image = Image.new("P", (1, 1))
-        self._palette_image.putpalette(table.tobytes())
-        header = b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, 0, 0) + table.tobytes()
-        if self._loop is not None:
-            header += b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", self._loop) + b"\x00"
-        self._fh.write(header)
-
     def _flush_pending(self) -> None:
-        from PIL import GifImagePlugin
-
         if self._pending is None:
             return
-        image, offset, ms = self._pending
-        for chunk in GifImagePlugin.getdata(image, offset=offset, duration=min(ms, _MAX_DELAY_MS), disposal=1):
-            self._fh.write(chunk)
+        block, ms = self._pending
+        delay = min(ms, _MAX_DELAY_MS) // 10
+        # Graphic control extension: disposal 1 keeps the rest of the previous frame in place.
+        self._fh.write(b"!\xf9\x04" + struct.pack("<BHBB", 1 << 2, delay, 0, 0))
+        self._fh.write(block)
         self.frames_written += 1
         self._pending = None
 

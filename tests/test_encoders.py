@@ -1,0 +1,128 @@
+"""The streaming GIF encoder: read the written GIF back with Pillow."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlflow_weightviz.encoders import (
+    FrameEncoder,
+    GifEncoder,
+    Quantizer,
+    build_palette,
+    changed_box,
+    encode_image,
+    frames_to_gif,
+)
+from tests.helpers import read_gif
+
+
+def heat_frames(count: int, size: tuple[int, int] = (48, 64), seed: int = 0) -> list[np.ndarray]:
+    """Frames made of a few flat colours with a moving block, like heatmap cells changing."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (6, 3), dtype=np.uint8)
+    out = []
+    for t in range(count):
+        frame = np.empty((*size, 3), np.uint8)
+        frame[:] = colours[0]
+        frame[-1, :6] = colours  # every colour is in the first frame, so in the palette
+        frame[8:20, 4 + 2 * t:16 + 2 * t] = colours[1 + t % 5]
+        out.append(frame)
+    return out
+
+
+def local_colour_tables(data: bytes) -> list[bool]:
+    """Walk the GIF's blocks: for every image, whether it brings its own colour table."""
+    assert data[:6] == b"GIF89a"
+    flags = data[10]
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    found = []
+
+    def skip_sub_blocks(p: int) -> int:
+        while data[p]:
+            p += data[p] + 1
+        return p + 1
+
+    while data[pos] != 0x3B:
+        if data[pos] == 0x21:  # extension: label, then sub-blocks
+            pos = skip_sub_blocks(pos + 2)
+        else:
+            assert data[pos] == 0x2C
+            local = bool(data[pos + 9] & 0x80)
+            found.append(local)
+            pos += 10 + (3 * 2 ** ((data[pos + 9] & 7) + 1) if local else 0)
+            pos = skip_sub_blocks(pos + 1)  # LZW minimum code size, then data
+    return found
+
+
+def test_gif_reads_back_with_shared_palette_and_delays(tmp_path: Path) -> None:
+    frames = heat_frames(5)
+    frames.insert(3, frames[2].copy())  # an identical frame is merged into the one before
+    path = frames_to_gif(frames, tmp_path / "a.gif", frame_ms=100, hold_last_ms=700, loop=0)
+    gif = read_gif(path)
+    assert gif.n_frames == 5
+    assert gif.durations == [100, 100, 200, 100, 700]
+    assert gif.loop == 0
+    assert local_colour_tables(path.read_bytes()) == [False] * 5  # one global palette for every frame
+    for got, want in zip(gif.frames, [f for i, f in enumerate(frames) if i != 3], strict=True):
+        assert np.array_equal(got, want)  # few colours: exact after quantizing
+
+
+def test_decoded_frames_are_the_palette_mapping(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (30, 40, 3), dtype=np.uint8) for _ in range(3)]
+    path = frames_to_gif(frames, tmp_path / "n.gif", palette_colors=np.array([[0, 0, 0], [255, 255, 255]], np.uint8))
+    table = build_palette(frames[0], np.array([[0, 0, 0], [255, 255, 255]], np.uint8))
+    assert {(0, 0, 0), (255, 255, 255)} <= {tuple(c) for c in table.tolist()}
+    quantize = Quantizer(table)
+    for got, frame in zip(read_gif(path).frames, frames, strict=True):
+        assert np.array_equal(got, table[quantize(frame)])
+
+
+def test_only_the_changed_rectangle_is_written(tmp_path: Path) -> None:
+    a = np.zeros((40, 50), np.uint8)
+    b = a.copy()
+    b[5:9, 10:13] = 7
+    assert changed_box(None, a) == (0, 0, 50, 40)
+    assert changed_box(a, a) is None
+    assert changed_box(a, b) == (10, 5, 13, 9)
+    with Image.open(io.BytesIO(b"GIF89a" + bytes(7) + encode_image(b, (10, 5, 13, 9)) + b";")) as im:
+        assert im.tile[0][1][:2] == (10, 5)
+    frames = heat_frames(4)
+    path = frames_to_gif(frames, tmp_path / "d.gif")
+    with Image.open(path) as im:
+        im.seek(2)
+        assert im.tile[0][1][2] - im.tile[0][1][0] < 64  # the second and later frames are cropped
+
+
+def test_blocks_give_the_same_bytes_as_frames() -> None:
+    frames = heat_frames(6)
+    whole = io.BytesIO()
+    with GifEncoder(whole, frame_ms=60, palette_colors=None) as gif:
+        for f in frames:
+            gif.add_frame(f)
+    parts = io.BytesIO()
+    table = build_palette(frames[0])
+    encoder = FrameEncoder(table)
+    with GifEncoder(parts, frame_ms=60) as gif:
+        gif.start(table, (64, 48))
+        for f in frames:
+            gif.add_block(encoder.encode(f))
+    assert whole.getvalue() == parts.getvalue()
+
+
+def test_pillow_images_accepted_and_bad_frames_refused(tmp_path: Path) -> None:
+    frames = [Image.fromarray(f) for f in heat_frames(2)]
+    assert read_gif(frames_to_gif(frames, tmp_path / "p.gif")).n_frames == 2
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        frames_to_gif([np.zeros((4, 4), np.uint8)], tmp_path / "bad.gif")
+    with pytest.raises(ValueError, match="every frame must be 64×48 px; got 10×10"):
+        frames_to_gif([heat_frames(1)[0], np.zeros((10, 10, 3), np.uint8)], tmp_path / "bad2.gif")
+    with pytest.raises(ValueError, match="at least one frame"):
+        frames_to_gif([], tmp_path / "none.gif")
+    assert not list(tmp_path.glob("bad*"))
+    assert not list(tmp_path.glob("none*"))

@@ -1,0 +1,73 @@
+"""Worker processes: frames in order, and the GIF byte for byte the single-process one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import mlflow_weightviz as wv
+from mlflow_weightviz.parallel import FramePool, LayerJob, encode_range
+from tests.helpers import read_gif
+
+
+def snapshot_folder(folder: Path, frames: int = 9, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    fc1, fc2 = rng.uniform(0, 0.05, (4, 6)), rng.normal(0, 1, (3, 5))
+    for step in range(frames):
+        np.savez(folder / f"step_{step}.npz", fc1=fc1, fc2=fc2)
+        fc1 = np.clip(fc1 + rng.normal(0, 0.003, fc1.shape), 0, 0.05)
+        fc2 = fc2 + rng.normal(0, 0.1, fc2.shape)
+    return folder
+
+
+def test_two_workers_write_the_same_bytes(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w")
+    one = wv.render_file(src, wv.RenderOptions(workers=1), output_dir=tmp_path / "one")
+    two = wv.render_file(src, wv.RenderOptions(workers=2), output_dir=tmp_path / "two")
+    assert [r.layer for r in one.layers] == [r.layer for r in two.layers] == ["fc1", "fc2"]
+    for name in ("fc1.gif", "fc2.gif"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    gif = read_gif(tmp_path / "two" / "fc2.gif")
+    assert gif.n_frames == 9
+    assert gif.durations == [200] * 8 + [1000]  # the last frame is held
+
+
+def test_per_frame_scale_and_delta_view_with_workers(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w", frames=7, seed=1)
+    for opts in (wv.RenderOptions(scale="frame", layers=("fc1",)),
+                 wv.RenderOptions(view="delta-step", layers=("fc2",))):
+        a = wv.render_file(src, opts, output_dir=tmp_path / "a")
+        wv.render_file(src, opts.replace(workers=2), output_dir=tmp_path / "b")
+        name = a.layers[0].file_name
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert not list(tmp_path.rglob("stack-*"))  # prepared stacks are removed
+
+
+def job(tmp_path: Path, frames: int = 6) -> LayerJob:
+    rng = np.random.default_rng(2)
+    stack = rng.uniform(0, 1, (frames, 3, 4))
+    path = tmp_path / "stack.npy"
+    np.save(path, stack)
+    renderer = {"grid": (3, 4), "cmap": "viridis", "vmin": 0.0, "vmax": 1.0, "fmt": "{x:.2f}", "annotate": True,
+                "row_labels": ["r0", "r1", "r2"], "col_labels": ["c0", "c1", "c2", "c3"], "title_sample": "t 00/00"}
+    return LayerJob("L", str(path), renderer, tuple(f"t {i}/{frames}" for i in range(frames)),
+                    tuple((0.0, 1.0) for _ in range(frames)))
+
+
+def test_pool_keeps_order_with_any_chunk_size(tmp_path: Path) -> None:
+    layer = job(tmp_path)
+    expected = encode_range(layer)
+    assert [f.index for f in expected] == list(range(6))
+    assert expected[0].palette is not None
+    assert expected[0].palette.shape == (256, 3)
+    for chunk in (1, 4):
+        with FramePool(2, chunk=chunk) as pool:
+            got = list(pool.frames([layer, layer]))
+        assert [f.index for f in got] == list(range(6)) * 2
+        assert [f.block for f in got[:6]] == [f.block for f in expected]
+        assert got[0].palette is not None
+        assert np.array_equal(got[0].palette, expected[0].palette)
+    # A chunk that starts mid-layer is diffed against the frame before it, drawn again.
+    assert [f.block for f in encode_range(layer, 3, 6)] == [f.block for f in expected[3:]]
