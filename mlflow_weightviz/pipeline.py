@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -238,6 +239,8 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
     _check_cmap(options.cmap)
     names = unique_names(layers)
     total = sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
+    if options.workers > 1 and total > options.workers:
+        return _render_layers_parallel(layers, options, staging, names, total, workdir=workdir, progress=progress)
     done = 0
     results = []
     for layer, snaps in layers.items():
@@ -269,6 +272,70 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
     return results
 
 
+def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path,
+                            names: Mapping[str, str], total: int, *, workdir: Path | None,
+                            progress: ProgressCallback | None) -> list[LayerResult]:
+    """:func:`render_layers` with frames drawn and encoded by ``options.workers`` processes.
+
+    Layers are prepared one ahead of the GIF being written, so preparing the next layer
+    overlaps drawing this one; the GIFs are byte for byte those of one process.
+    """
+    from mlflow_weightviz.parallel import FramePool, LayerJob
+
+    prepared_by_key: dict[str, PreparedLayer] = {}
+
+    def jobs() -> Iterator[LayerJob]:
+        for layer, snaps in layers.items():
+            prepared = prepare_layer(layer, snaps, options, workdir or staging)
+            prepared_by_key[layer] = prepared
+            yield LayerJob(layer, str(prepared.stack_path), _renderer_kwargs(prepared, options),
+                           tuple(_title(prepared, options, i, step) for i, step in enumerate(prepared.steps)),
+                           tuple(prepared.limits(i) for i in range(len(prepared.steps))))
+
+    results: list[LayerResult] = []
+    done = 0
+    fh: IO[bytes] | None = None
+    gif: GifEncoder | None = None
+    target: Path | None = None
+    try:
+        with FramePool(options.workers) as pool:
+            for frame in pool.frames(jobs()):
+                if frame.index == 0:
+                    target = staging / f"{names[frame.job.key]}.gif"
+                    fh = target.open("wb")
+                    gif = GifEncoder(fh, frame_ms=options.frame_ms, hold_last_ms=options.hold_last_ms,
+                                     loop=options.loop)
+                    assert frame.palette is not None
+                    gif.start(frame.palette, frame.size)
+                assert gif is not None
+                assert fh is not None
+                assert target is not None
+                gif.add_block(frame.block)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                if frame.index == frame.job.frames - 1:
+                    gif.finish()
+                    fh.close()
+                    fh, gif = None, None
+                    prepared = prepared_by_key.pop(frame.job.key)
+                    prepared.stack_path.unlink(missing_ok=True)
+                    results.append(LayerResult(frame.job.key, frame.job.frames, prepared.steps,
+                                               prepared.info.shape, prepared.info.grid, target.name))
+    except OSError as exc:
+        name = target.name if target is not None else "the GIF"
+        msg = f"cannot write {name}: {exc.strerror or exc}"
+        raise OutputError(msg) from exc
+    finally:
+        if fh is not None:  # a GIF left half-written by an error
+            fh.close()
+            if target is not None:
+                target.unlink(missing_ok=True)
+        for prepared in prepared_by_key.values():
+            prepared.stack_path.unlink(missing_ok=True)
+    return results
+
+
 def _check_cmap(name: str | None) -> None:
     if name is None:
         return
@@ -280,17 +347,22 @@ def _check_cmap(name: str | None) -> None:
 
 
 def _renderer_for(prepared: PreparedLayer, options: RenderOptions) -> HeatmapRenderer:
+    kwargs = _renderer_kwargs(prepared, options)
+    return HeatmapRenderer(kwargs.pop("grid"), **kwargs)
+
+
+def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions) -> dict[str, Any]:
+    """The renderer's arguments (``grid`` included) as plain values, so worker processes can build it."""
     rows, cols = prepared.info.grid
     br, bc = prepared.info.block
     cmap = options.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
     last = len(prepared.steps)
     sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
-    return HeatmapRenderer(
-        prepared.info.grid, cmap=cmap, vmin=prepared.vmin, vmax=prepared.vmax, fmt=prepared.fmt,
-        annotate=options.annotate,
-        row_labels=[f"{options.row_label}{i * br}" for i in range(rows)],
-        col_labels=[f"{options.col_label}{j * bc}" for j in range(cols)],
-        title_sample=sample, dpi=options.dpi)
+    return {"grid": prepared.info.grid, "cmap": cmap, "vmin": prepared.vmin, "vmax": prepared.vmax,
+            "fmt": prepared.fmt, "annotate": options.annotate,
+            "row_labels": [f"{options.row_label}{i * br}" for i in range(rows)],
+            "col_labels": [f"{options.col_label}{j * bc}" for j in range(cols)],
+            "title_sample": sample, "dpi": options.dpi}
 
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int) -> str:
