@@ -24,6 +24,9 @@ def to_numpy(value: Any) -> np.ndarray:
         if str(getattr(tensor, "dtype", "")) == "torch.bfloat16":
             tensor = tensor.float()  # numpy has no bfloat16
         return np.asarray(tensor.cpu().numpy())
+    if type(value).__module__.startswith("keras.") and hasattr(value, "value"):
+        # A Keras 3 Variable: convert the backend tensor it wraps (its own .numpy() warns under numpy 2).
+        return to_numpy(value.value)
     if hasattr(value, "numpy") and callable(value.numpy):  # tf.Variable, keras Variable, EagerTensor
         return np.asarray(value.numpy())
     return np.asarray(value)

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 import weakref
 import zipfile
@@ -558,7 +559,11 @@ def _register(rec: Recorder) -> None:
     global _ATEXIT_REGISTERED
     _OPEN.add(rec)
     if not _ATEXIT_REGISTERED:
-        atexit.register(_close_open_recorders)
+        # Run when the main thread ends, before concurrent.futures refuses new work (its own
+        # hook is registered the same way, and these run last-registered first): uploads and
+        # downloads use thread pools. Plain atexit where that hook does not exist.
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(_close_open_recorders)
         _ATEXIT_REGISTERED = True
 
 
