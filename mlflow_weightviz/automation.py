@@ -226,7 +226,6 @@ def render_job(job: RenderJob, should_stop: Callable[[], bool] | None = None) ->
     """
     from mlflow_weightviz.pipeline import render_run
 
-    _worker_setup()
     start = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -256,6 +255,12 @@ def render_job(job: RenderJob, should_stop: Callable[[], bool] | None = None) ->
     if result.status == "claimed":
         return outcome(CLAIMED, f"being rendered by {result.claimed_by or 'another process'}")
     return outcome(UP_TO_DATE)
+
+
+def _remote_render_job(job: RenderJob) -> RunOutcome:
+    """:func:`render_job` in a pool or Dask worker, set up like the CLI."""
+    _worker_setup()
+    return render_job(job)
 
 
 def _one_line(text: str) -> str:
@@ -443,11 +448,11 @@ class _Pool:
 
     def submit(self, job: RenderJob) -> cf.Future[RunOutcome]:
         try:
-            return self.executor.submit(render_job, job)
+            return self.executor.submit(_remote_render_job, job)
         except cf.process.BrokenProcessPool:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = self._new()
-            return self.executor.submit(render_job, job)
+            return self.executor.submit(_remote_render_job, job)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -475,7 +480,7 @@ class _Dask:
         return max(1, int(sum(self.client.nthreads().values())))
 
     def submit(self, job: RenderJob) -> cf.Future[RunOutcome]:
-        future: cf.Future[RunOutcome] = self.executor.submit(render_job, job)
+        future: cf.Future[RunOutcome] = self.executor.submit(_remote_render_job, job)
         return future
 
     def close(self) -> None:
