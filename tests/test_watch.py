@@ -44,7 +44,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 60.0, what: str = "co
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            msg = f"timed out waiting for {what}"
+            raise AssertionError(msg)
         time.sleep(0.1)
 
 
