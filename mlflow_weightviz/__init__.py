@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from mlflow_weightviz.automation import BatchReport, RunOutcome, WatchReport, render_experiment, watch_experiment
     from mlflow_weightviz.capture import Recorder, log_snapshot, record
     from mlflow_weightviz.capture.hf import TransformersCallback
     from mlflow_weightviz.capture.keras import KerasCallback
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from mlflow_weightviz.snapshots import Snapshot, read_snapshots
 
 __all__ = [
+    "BatchReport",
     "GifEncoder",
     "HeatmapRenderer",
     "KerasCallback",
@@ -59,6 +61,7 @@ __all__ = [
     "RenderOptions",
     "RenderResult",
     "RunNotFoundError",
+    "RunOutcome",
     "Scale",
     "ShapeMismatchError",
     "Snapshot",
@@ -69,6 +72,7 @@ __all__ = [
     "TransformersCallback",
     "UsageError",
     "View",
+    "WatchReport",
     "WeightvizError",
     "WeightvizWarning",
     "__version__",
@@ -78,12 +82,19 @@ __all__ = [
     "log_snapshot",
     "read_snapshots",
     "record",
+    "render_experiment",
     "render_file",
     "render_run",
+    "watch_experiment",
 ]
 
 # Where each public name lives; resolved on first use (PEP 562) to keep imports light.
 _LOCATIONS = {
+    "BatchReport": "automation",
+    "RunOutcome": "automation",
+    "WatchReport": "automation",
+    "render_experiment": "automation",
+    "watch_experiment": "automation",
     "log_snapshot": "capture",
     "record": "capture",
     "Recorder": "capture",
