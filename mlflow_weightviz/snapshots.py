@@ -109,7 +109,9 @@ def read_snapshots(path: str | os.PathLike[str], *, allow_pickle: bool = False,
     """
     root = Path(path)
     if root.is_file():
-        snaps = _read_file(root, rel_dir="", root_name=root_name or root.stem,
+        # A file keeps its own stem as layer name, also when root_name is just its file name.
+        name = root.stem if root_name in (None, root.name) else root_name
+        snaps = _read_file(root, rel_dir="", root_name=name,
                            allow_pickle=allow_pickle, strict=True)
     elif root.is_dir():
         snaps = []
