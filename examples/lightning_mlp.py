@@ -7,8 +7,6 @@ GIFs into the run when ``fit`` ends (or fails: Lightning's ``on_exception`` hook
 Needs Lightning: ``pip install 'mlflow-weightviz[lightning]'``.
 """
 
-import warnings
-
 import lightning.pytorch as pl
 import mlflow
 import torch
@@ -17,9 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlflow_weightviz as wv
-
-# Lightning suggests more dataloader workers; irrelevant for a few hundred in-memory rows.
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 class Regressor(pl.LightningModule):
