@@ -191,9 +191,12 @@ class HeatmapRenderer:
             ax.tick_params(which="minor", bottom=False, left=False, top=False)
         self._title = fig.text(0.5, 1 - 8 / height, "", ha="center", va="top", fontsize=_TITLE_PT)
         self._texts: list[Any] = []
-        if self.annotated:
+        self._probe: Any = None
+        if self.annotated and reference:
             self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=font_pt)
                            for i in range(rows) for j in range(cols)]
+        elif self.annotated:  # the fast path only asks matplotlib where a value text would go
+            self._probe = ax.text(0, 0, "", ha="center", va="center", fontsize=font_pt)
         self._dark = np.zeros(rows * cols, dtype=bool)
         self._dark_set = False
         self._fast: _Composer | None = None
@@ -283,20 +286,24 @@ class _Composer:
         width, height = r.size
         self.width, self.height = width, height
 
+        # One full draw with black cells; then only the image (and the grid lines over it) again,
+        # with white and with index-coded cells: outside the axes nothing changes.
         image.set_data(np.zeros((rows, cols, 3), np.uint8))
         black = self._draw()
-        image.set_data(np.full((rows, cols, 3), 255, np.uint8))
-        white = self._draw()
-        if r._grid_kw is not None:
-            r._ax.grid(visible=False, which="minor")
-        k = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
-        image.set_data(np.stack([k & 255, (k >> 8) & 255, (k >> 16) & 255], axis=-1).astype(np.uint8))
-        coded = self._draw().astype(np.int64)
-        if r._grid_kw is not None:
-            r._ax.grid(visible=True, which="minor", **r._grid_kw)
-        image.set_data(np.ma.masked_all(r.grid))  # type: ignore[no-untyped-call]
         self.renderer: Any = canvas.get_renderer()  # type: ignore[no-untyped-call]
         self.agg = np.asarray(self.renderer.buffer_rgba())
+        box = r._ax.get_window_extent(self.renderer)
+        ay0, ay1 = max(0, height - math.ceil(box.y1) - 2), min(height, height - math.floor(box.y0) + 2)
+        ax0, ax1 = max(0, math.floor(box.x0) - 2), min(width, math.ceil(box.x1) + 2)
+        image.set_data(np.full((rows, cols, 3), 255, np.uint8))
+        white = black.copy()
+        white[ay0:ay1, ax0:ax1] = self._redraw_cells(ay0, ay1, ax0, ax1, overlays=True)
+        k = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+        image.set_data(np.stack([k & 255, (k >> 8) & 255, (k >> 16) & 255], axis=-1).astype(np.uint8))
+        coded = np.full_like(black, 255, dtype=np.int64)
+        coded[ay0:ay1, ax0:ax1] = self._redraw_cells(ay0, ay1, ax0, ax1, overlays=False)
+        image.set_data(np.ma.masked_all(r.grid))  # type: ignore[no-untyped-call]
+        self.agg[ay0:ay1, ax0:ax1, :3] = black[ay0:ay1, ax0:ax1]
 
         # The cells' region: where the picture depends on the cell colours at all.
         touched = (black != white).any(axis=2)
@@ -362,8 +369,8 @@ class _Composer:
         self.known_entries = np.zeros(0, np.int64)
         self.text_rgb = np.array([[255, 255, 255], [0x26, 0x26, 0x26]], np.uint16)  # light, dark
         self.col_groups = 1
-        if r._texts:
-            prop = r._texts[0].get_fontproperties()
+        if r._probe is not None:
+            prop = r._probe.get_fontproperties()
             self.prop = prop
             self.main_font = get_font(fontManager._find_fonts_by_props(prop))
             # Texts wider than a cell overlap their neighbours; draw those in separate passes.
@@ -376,6 +383,19 @@ class _Composer:
     def _draw(self) -> np.ndarray:
         self.r._canvas.draw()  # type: ignore[no-untyped-call]
         return np.asarray(self.r._canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]
+
+    def _redraw_cells(self, y0: int, y1: int, x0: int, x1: int, *, overlays: bool) -> np.ndarray:
+        """Draw the image, and the grid lines over it, as the full draw does; return the axes' pixels."""
+        r = self.r
+        self.agg[y0:y1, x0:x1] = 255
+        r._fig.draw_artist(r._image)
+        if overlays:  # what Axis.draw puts over the image near it: grid lines and tick marks, in its order
+            for axis in (r._ax.xaxis, r._ax.yaxis):
+                for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                    for line in (tick.gridline, tick.tick1line, tick.tick2line):
+                        if line.get_visible():
+                            r._fig.draw_artist(line)
+        return self.agg[y0:y1, x0:x1, :3].astype(np.uint8 if overlays else np.int64)
 
     @staticmethod
     def _cell_runs(line: np.ndarray, count: int, which: Any, valid: Any) -> np.ndarray:
@@ -421,7 +441,7 @@ class _Composer:
         under = colours.reshape(-1, 3).astype(np.int32)[self.mixed_cell]
         flat[self.mixed_at] = (self.mixed_base + (self.mixed_span * under + 127) // 255).astype(np.uint8)
 
-        if r._texts:
+        if r._probe is not None:
             dark = text_is_dark(r._cmap(normed)).ravel()
             self._draw_texts(values.ravel().tolist(), dark)
         self._draw_title(title)
@@ -461,7 +481,7 @@ class _Composer:
 
     def _measure(self, s: str) -> _TextLayout:
         """Matplotlib's own layout of ``s``: the anchor offset and every glyph's pen position."""
-        text = self.r._texts[0]
+        text = self.r._probe
         saved = text.get_text()
         text.set_text(s)
         try:

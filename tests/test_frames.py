@@ -147,3 +147,14 @@ def test_wrong_shape_is_refused(pair: list[HeatmapRenderer]) -> None:
     pair.append(r)
     with pytest.raises(ValueError, match=r"grid shape \(2, 3\); got shape \(3, 2\)"):
         r.render(np.zeros((3, 2)), "t")
+
+
+def test_small_cells_without_grid_lines(pair: list[HeatmapRenderer], tmp_path: Path) -> None:
+    grid = (40, 128)  # cells too small for grid lines, tick marks still drawn at the edges
+    fast, ref = make(grid, annotate=None, fmt="{x:.3f}"), make(grid, annotate=None, fmt="{x:.3f}", reference=True)
+    pair += [fast, ref]
+    assert fast._grid_kw is None
+    values = np.random.default_rng(5).uniform(0, 0.05, grid)
+    values[3, 4] = np.nan
+    assert_same_look(roundtrip(fast.render(values, "small"), tmp_path / "a.png"),
+                     roundtrip(ref.render(values, "small"), tmp_path / "b.png"))
