@@ -31,13 +31,20 @@ import numpy as np
 from mlflow_weightviz._files import atomic_file
 from mlflow_weightviz.options import MIN_FRAME_MS
 
-__all__ = ["FrameEncoder", "GifEncoder", "Quantizer", "build_palette", "changed_box", "encode_image", "frames_to_gif"]
+__all__ = ["TRANSPARENT", "FrameEncoder", "GifEncoder", "Quantizer", "build_palette", "changed_box", "encode_image",
+           "frames_to_gif"]
 
 _MAX_DELAY_MS = 655_350  # the GIF delay field is 16 bits of 10 ms
+#: Palette index of "unchanged" pixels inside a frame's changed rectangle.
+TRANSPARENT = 255
+_COLOURS = 255
 
 
 def build_palette(first: np.ndarray, seed: np.ndarray | None = None) -> np.ndarray:
-    """The GIF's one 256-colour table: the seed colours, then the first frame's own colours.
+    """The GIF's one colour table: the seed colours, then the first frame's own colours.
+
+    255 colours are used; index 255 (:data:`TRANSPARENT`) marks pixels a frame leaves as
+    they were in the frame before.
 
     Deterministic: the same first frame and seed always give the same table, so frames
     quantized in different processes agree.
@@ -52,18 +59,21 @@ def build_palette(first: np.ndarray, seed: np.ndarray | None = None) -> np.ndarr
     from PIL import Image
 
     seeded = np.zeros((0, 3), np.uint8) if seed is None else np.asarray(seed, np.uint8).reshape(-1, 3)
-    seeded = np.unique(seeded, axis=0)[:256]
-    free = 256 - len(seeded)
+    seeded = np.unique(seeded, axis=0)[:_COLOURS]
+    free = _COLOURS - len(seeded)
     colours = [seeded]
     if free:
         adaptive = Image.fromarray(first).quantize(colors=free, method=Image.Quantize.FASTOCTREE)
         used = len(adaptive.getcolors(256) or [])
         pal = np.frombuffer(bytes(adaptive.getpalette() or b""), np.uint8).reshape(-1, 3)[:max(used, 1)]
         colours.append(pal)
-    palette = np.unique(np.vstack(colours), axis=0)[:256]
+    palette = np.unique(np.vstack(colours), axis=0)[:_COLOURS]
     table = np.zeros((256, 3), np.uint8)
     table[: len(palette)] = palette
-    table[len(palette):] = palette[-1]  # pad with a repeat so padding is never the only match
+    # Pad with a repeat, and make the transparent slot a repeat too: the nearest-colour map
+    # picks the lowest index among equals, so neither is ever chosen for a pixel.
+    table[len(palette):] = palette[-1]
+    table[TRANSPARENT] = palette[0]
     return table
 
 
@@ -104,16 +114,22 @@ def changed_box(previous: np.ndarray | None, index: np.ndarray) -> tuple[int, in
     return (int(cols[0]), top, int(cols[-1]) + 1, bottom)
 
 
-def encode_image(index: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+def encode_image(index: np.ndarray, box: tuple[int, int, int, int], previous: np.ndarray | None = None) -> bytes:
     """One GIF image block (descriptor and LZW data) of the ``box`` part of a palette-index frame.
 
-    The block has no graphic control extension: the encoder adds it with the frame's
-    delay, which is only known once the following frames are (identical ones are merged).
+    With the ``previous`` frame, pixels inside the box that did not change are written as
+    :data:`TRANSPARENT`, so the previous frame shows through; long runs of one index
+    compress far better than the unchanged picture. The block has no graphic control
+    extension: the encoder adds it with the frame's delay, which is only known once the
+    following frames are (identical ones are merged).
     """
     from PIL import GifImagePlugin, Image
 
     left, top, right, bottom = box
-    crop = Image.fromarray(np.ascontiguousarray(index[top:bottom, left:right]))
+    part = index[top:bottom, left:right]
+    if previous is not None:
+        part = np.where(part == previous[top:bottom, left:right], np.uint8(TRANSPARENT), part)
+    crop = Image.fromarray(np.ascontiguousarray(part))
     return b"".join(GifImagePlugin.getdata(crop, offset=(left, top)))
 
 
@@ -132,8 +148,9 @@ class FrameEncoder:
         """The image block of one frame, or ``None`` when it equals the previous frame."""
         index = self.quantize(rgb)
         box = changed_box(self.previous, index)
+        block = None if box is None else encode_image(index, box, self.previous)
         self.previous = index
-        return None if box is None else encode_image(index, box)
+        return block
 
 
 class GifEncoder:
@@ -233,8 +250,9 @@ class GifEncoder:
             return
         block, ms = self._pending
         delay = min(ms, _MAX_DELAY_MS) // 10
-        # Graphic control extension: disposal 1 keeps the rest of the previous frame in place.
-        self._fh.write(b"!\xf9\x04" + struct.pack("<BHBB", 1 << 2, delay, 0, 0))
+        # Graphic control extension: disposal 1 keeps the previous frame in place around (and,
+        # through the transparent index, inside) the rectangle this frame replaces.
+        self._fh.write(b"!\xf9\x04" + struct.pack("<BHBB", 1 << 2 | 1, delay, TRANSPARENT, 0))
         self._fh.write(block)
         self.frames_written += 1
         self._pending = None

@@ -141,7 +141,7 @@ def _run_task(task: _Task) -> tuple[np.ndarray | None, tuple[int, int], list[byt
     for i in range(task.start, task.stop):
         index = state.index(i, task.titles[i - offset], task.limits[i - offset])
         box = changed_box(previous, index)
-        blocks.append(None if box is None else encode_image(index, box))
+        blocks.append(None if box is None else encode_image(index, box, previous))
         previous = index
     if previous is not None:
         state.last = (task.stop - 1, previous)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mlflow_weightviz.encoders import (
+    TRANSPARENT,
     FrameEncoder,
     GifEncoder,
     Quantizer,
@@ -80,7 +81,9 @@ def test_decoded_frames_are_the_palette_mapping(tmp_path: Path) -> None:
     assert {(0, 0, 0), (255, 255, 255)} <= {tuple(c) for c in table.tolist()}
     quantize = Quantizer(table)
     for got, frame in zip(read_gif(path).frames, frames, strict=True):
-        assert np.array_equal(got, table[quantize(frame)])
+        index = quantize(frame)
+        assert not (index == TRANSPARENT).any()  # the transparent slot is never a pixel's colour
+        assert np.array_equal(got, table[index])
 
 
 def test_only_the_changed_rectangle_is_written(tmp_path: Path) -> None:
@@ -92,6 +95,13 @@ def test_only_the_changed_rectangle_is_written(tmp_path: Path) -> None:
     assert changed_box(a, b) == (10, 5, 13, 9)
     with Image.open(io.BytesIO(b"GIF89a" + bytes(7) + encode_image(b, (10, 5, 13, 9)) + b";")) as im:
         assert im.tile[0][1][:2] == (10, 5)
+    # Inside the rectangle, unchanged pixels are the transparent index: the block shrinks.
+    noisy = np.random.default_rng(0).integers(0, 200, (40, 50), dtype=np.uint8)
+    moved = noisy.copy()
+    moved[2, 3], moved[30, 40] = 201, 202
+    box = changed_box(noisy, moved)
+    assert box == (3, 2, 41, 31)
+    assert len(encode_image(moved, box, noisy)) < len(encode_image(moved, box)) / 4
     frames = heat_frames(4)
     path = frames_to_gif(frames, tmp_path / "d.gif")
     with Image.open(path) as im:
