@@ -21,7 +21,7 @@ import typer
 
 from mlflow_weightviz import __version__
 from mlflow_weightviz.errors import WeightvizError
-from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
+from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View
 
 app = typer.Typer(
     name="mlflow-weightviz",
@@ -72,12 +72,27 @@ def _render_option_params(
     = View.WEIGHTS,
     allow_pickle: AllowPickle = False,
     workers: Annotated[int, typer.Option(help="Processes drawing frames in parallel.")] = 1,
+    output_format: Annotated[Optional[list[Format]], typer.Option(
+        "--format", help="Files per layer, repeatable: gif, html (interactive player with exact values), mp4. "
+        "Default gif.")] = None,
+    step_images: Annotated[bool, typer.Option(
+        "--step-images", help="(render) Also log the frames as MLflow step images, for the run's image slider.")]
+    = False,
+    step_images_every: Annotated[Optional[int], typer.Option(
+        help="(render) Log every K-th frame (and the last) as a step image; implies --step-images.")] = None,
+    caption_metric: Annotated[Optional[str], typer.Option(
+        help="(render) A run metric, e.g. loss, whose value at each frame's step is written under the title.")]
+    = None,
+    grid: Annotated[bool, typer.Option(
+        "--grid", help="Draw all layers side by side in one grid.gif, one frame per step.")] = False,
 ) -> RenderOptions:
     return RenderOptions(
         layers=tuple(layer or ()), scale=scale, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, fmt=fmt,
         max_rows=max_rows, max_cols=max_cols, pool=pool, row_label=row_label, col_label=col_label,
         frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
-        max_frames=max_frames, dpi=dpi, view=view, allow_pickle=allow_pickle, workers=workers)
+        max_frames=max_frames, dpi=dpi, view=view, allow_pickle=allow_pickle, workers=workers,
+        formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid,
+        step_images=step_images_every if step_images_every is not None else (1 if step_images else None))
 
 
 def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -182,8 +197,9 @@ def _report(result: Any) -> None:
         return
     for layer in result.layers:
         where = [str(w) for w in (layer.artifact_path, layer.local_path) if w]
+        extra = [f for f in layer.files if f != layer.file_name]
         typer.echo(f"{layer.layer}: {layer.frames} frames, grid {layer.grid[0]}×{layer.grid[1]} → "
-                   f"{', '.join(where) or layer.file_name}")
+                   f"{', '.join(where) or layer.file_name}" + (f" (+ {', '.join(extra)})" if extra else ""))
 
 
 # ------------------------------------------------------------------------ commands

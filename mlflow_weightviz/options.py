@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow_weightviz.errors import UsageError
 
-__all__ = ["Pool", "RenderOptions", "Scale", "View", "WeightvizWarning"]
+__all__ = ["Format", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
@@ -39,6 +39,14 @@ class View(str, enum.Enum):
     WEIGHTS = "weights"
     DELTA_INIT = "delta-init"
     DELTA_STEP = "delta-step"
+
+
+class Format(str, enum.Enum):
+    """Which files are written per layer (or for the ``--grid`` montage)."""
+
+    GIF = "gif"
+    HTML = "html"
+    MP4 = "mp4"
 
 
 def _round_delay(ms: float) -> int:
@@ -79,6 +87,13 @@ class RenderOptions:
         allow_pickle: Allow reading Python pickles, which can run arbitrary code.
         workers: Processes that draw frames in parallel.
         view: Show the weights, or their change since the start or since the last frame.
+        formats: Files to write: ``gif``, ``html`` (an interactive player with the exact
+            values) and/or ``mp4``.
+        step_images: Also log every k-th frame (and the last) as an MLflow image with its
+            step, for the run's image slider; ``None`` logs none. Needs a run.
+        caption_metric: A run metric whose value at or before each frame's step is written
+            under the frame's title. Needs a run.
+        grid: Draw all layers side by side in one frame per step, into one ``grid`` file.
     """
 
     layers: tuple[str, ...] = ()
@@ -102,6 +117,10 @@ class RenderOptions:
     allow_pickle: bool = False
     workers: int = 1
     view: View = View.WEIGHTS
+    formats: tuple[Format, ...] = (Format.GIF,)
+    step_images: int | None = None
+    caption_metric: str | None = None
+    grid: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through object.__setattr__
@@ -109,6 +128,22 @@ class RenderOptions:
         set_(self, "scale", _enum(Scale, self.scale, "scale"))
         set_(self, "pool", _enum(Pool, self.pool, "pool"))
         set_(self, "view", _enum(View, self.view, "view"))
+        given: Any = self.formats  # a single "gif" is accepted too
+        formats = (given,) if isinstance(given, str) else tuple(given)
+        set_(self, "formats", tuple(dict.fromkeys(_enum(Format, f, "format") for f in formats)))
+        if not self.formats:
+            msg = "formats must name at least one of 'gif', 'html', 'mp4'; got none"
+            raise UsageError(msg)
+        if self.step_images is not None and self.step_images < 1:
+            msg = f"step_images must be at least 1 (every frame); got {self.step_images}"
+            raise UsageError(msg)
+        if self.caption_metric is not None and not self.caption_metric.strip():
+            msg = "caption_metric must be a metric name such as 'loss'; got an empty name"
+            raise UsageError(msg)
+        if self.grid and Format.HTML in self.formats:
+            msg = ("--grid draws all layers into one GIF or MP4, but the HTML player shows one layer: "
+                   "use --format gif/mp4 with --grid, or drop --grid")
+            raise UsageError(msg)
         if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
             msg = f"vmin must be below vmax; got vmin={self.vmin} and vmax={self.vmax}"
             raise UsageError(msg)
@@ -162,6 +197,7 @@ class RenderOptions:
             value = getattr(self, name)
             out[name] = value.value if isinstance(value, enum.Enum) else value
         out["layers"] = list(self.layers)
+        out["formats"] = [f.value for f in self.formats]
         return out
 
 

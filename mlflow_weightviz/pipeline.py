@@ -7,6 +7,8 @@ folder. Sinks then publish them: renamed into place locally, or logged to the ru
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,12 +19,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from mlflow_weightviz import __version__, _tracking, claims
+from mlflow_weightviz import __version__, _tracking, claims, outputs
 from mlflow_weightviz.encoders import GifEncoder
 from mlflow_weightviz.errors import OutputError, UsageError
 from mlflow_weightviz.frames import HeatmapRenderer
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
-from mlflow_weightviz.options import RenderOptions, View
+from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.sinks import LocalSink, RunSink, unique_names
 from mlflow_weightviz.snapshots import Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
@@ -35,6 +37,11 @@ TAG_PREFIX = "weightviz."
 TAG_FINGERPRINT = TAG_PREFIX + "fingerprint"
 
 ProgressCallback = Callable[[int, int], None]
+
+#: The ``--caption-metric`` text of a step during the render in progress: set by
+#: :func:`_render_source`, read by :func:`_title` (titles are built in the main process).
+_CAPTION: contextvars.ContextVar[Callable[[int], str] | None] = contextvars.ContextVar("weightviz_caption",
+                                                                                        default=None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class LayerResult:
     file_name: str
     artifact_path: str | None = None
     local_path: Path | None = None
+    files: tuple[str, ...] = ()  # every file written for the layer, one per format; file_name is the first
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,9 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     """
     options = options or RenderOptions()
     _check_outputs(log=log, out=out, output_dir=output_dir)
+    if options.step_images is not None and not log:
+        msg = "--step-images logs images to the run, so it cannot be used with --no-log"
+        raise UsageError(msg)
     client = _tracking.client(tracking_uri)
     run = _tracking.get_run(client, run_id)
     src = RunSource(client, run.info.run_id, source)
@@ -130,9 +141,10 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
             return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint,
                                 claimed_by=claim.holder.describe() if claim.holder else None)
         sink = claim.guard(RunSink(client, run_id, artifact_path)) if log else None
+        caption = src.metric_history(options.caption_metric).caption if options.caption_metric else None
         try:
             result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
-                                    tags_base={"source": source, "fingerprint": fingerprint})
+                                    tags_base={"source": source, "fingerprint": fingerprint}, caption=caption)
         except claims.ClaimLostError as lost:
             return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint, claimed_by=str(lost))
     return RenderResult("rendered", result.layers, run_id, fingerprint, result.artifact_paths)
@@ -150,6 +162,10 @@ def render_file(path: str | os.PathLike[str], options: RenderOptions | None = No
         OutputError: The GIFs cannot be written.
     """
     options = options or RenderOptions()
+    if options.caption_metric is not None or options.step_images is not None:
+        msg = ("--caption-metric and --step-images read from and log to an MLflow run, and render-file has none; "
+               "log the snapshots to a run and use render RUN_ID")
+        raise UsageError(msg)
     if out is None and output_dir is None:
         output_dir = Path.cwd()
     _check_outputs(log=False, out=out, output_dir=output_dir)
@@ -194,22 +210,35 @@ def _fingerprint(src: SnapshotSource, options: RenderOptions, **where: str) -> s
 def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os.PathLike[str] | None,
                    output_dir: str | os.PathLike[str] | None,
                    progress: ProgressCallback | None, run_sink: RunSink | None = None,
-                   tags_base: Mapping[str, str] | None = None) -> RenderResult:
+                   tags_base: Mapping[str, str] | None = None,
+                   caption: Callable[[int], str] | None = None) -> RenderResult:
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
         workdir = Path(tmp)
         local = src.fetch(workdir)
         layers = group_layers(read_snapshots(local, allow_pickle=options.allow_pickle, root_name=src.name),
                               options.layers)
-        if out is not None and len(layers) != 1:
+        if out is not None and len(layers) != 1 and not options.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
                    "pick one with --layer or use --output-dir")
             raise UsageError(msg)
         staging = workdir / "out"
         staging.mkdir()
-        results = render_layers(layers, options, staging, workdir=workdir, progress=progress)
+        token = _CAPTION.set(caption)
+        try:
+            results = _render_outputs(layers, options, staging, workdir=workdir, progress=progress)
+        finally:
+            _CAPTION.reset(token)
+        if run_sink is not None and options.step_images is not None:
+            _log_step_images(run_sink, results, staging, options)
+        if Format.GIF not in options.formats:  # drawn only as the source of the MP4s or step images
+            for r in results:
+                (staging / f"{Path(r.file_name).stem}.gif").unlink(missing_ok=True)
         staged = {r.layer: staging / r.file_name for r in results}
         local_paths = LocalSink(Path(out) if out is not None else None,
                                 Path(output_dir) if output_dir is not None else None).deliver(staged)
+        outputs.copy_extras({f: staging / f for r in results for f in r.files if f != r.file_name},
+                            out=Path(out) if out is not None else None,
+                            output_dir=Path(output_dir) if output_dir is not None else None)
         artifact_paths: list[str] = []
         if run_sink is not None:
             tags = {TAG_PREFIX + k: v for k, v in (tags_base or {}).items()}
@@ -224,7 +253,7 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
                         artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,
-                        local_path=local_paths.get(r.layer))
+                        local_path=local_paths.get(r.layer), files=r.files)
             for r in results)
         return RenderResult("rendered", final, artifact_paths=tuple(artifact_paths))
 
@@ -336,6 +365,65 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
     return results
 
 
+# ------------------------------------------------- other formats, grid, step images
+
+
+def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
+                    workdir: Path, progress: ProgressCallback | None) -> list[LayerResult]:
+    """Every requested file into ``staging``: the GIFs (or the grid GIF), then the other formats.
+
+    ``file_name`` of each result is its first format's file and ``files`` lists all of them.
+    """
+    _check_cmap(options.cmap)
+    if options.grid:
+        results = [_render_grid(layers, options, staging, workdir=workdir, progress=progress)]
+    elif outputs.gif_needed(options):
+        results = render_layers(layers, options, staging, workdir=workdir, progress=progress)
+    else:
+        results = []
+    by_layer = {r.layer: r for r in results}
+    if Format.HTML in options.formats:
+        names = unique_names(layers)
+        for layer, snaps in layers.items():
+            prepared = prepare_layer(layer, snaps, options, workdir)
+            try:
+                outputs.write_player(prepared, options, staging / f"{names[layer]}.html", title=_title,
+                                     renderer_kwargs=_renderer_kwargs(prepared, options))
+            finally:
+                prepared.stack_path.unlink(missing_ok=True)
+            by_layer.setdefault(layer, LayerResult(layer, len(prepared.steps), prepared.steps, prepared.info.shape,
+                                                   prepared.info.grid, f"{names[layer]}.html"))
+    if Format.MP4 in options.formats:
+        outputs.write_videos([staging / f"{Path(r.file_name).stem}.gif" for r in by_layer.values()], options)
+    final = []
+    for r in by_layer.values():
+        files = tuple(f"{Path(r.file_name).stem}.{f.value}" for f in options.formats)
+        final.append(dataclasses.replace(r, file_name=files[0], files=files))
+    return final
+
+
+def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
+                 workdir: Path, progress: ProgressCallback | None) -> LayerResult:
+    from mlflow_weightviz.montage import render_grid
+
+    target = staging / "grid.gif"
+    grid = render_grid(layers, options, target, workdir=workdir,
+                       make_renderer=lambda prepared: _renderer_for(prepared, options), caption=_CAPTION.get(),
+                       progress=progress)
+    return LayerResult("grid", len(grid.steps), grid.steps, (len(grid.layers),), grid.panels, target.name)
+
+
+def _log_step_images(sink: RunSink, results: Sequence[LayerResult], staging: Path, options: RenderOptions) -> None:
+    from mlflow_weightviz.sinks import image_key
+
+    assert options.step_images is not None
+    for r in results:
+        stem = Path(r.file_name).stem
+        sink.log_step_images(image_key(stem), outputs.step_frames(staging / f"{stem}.gif", r.steps,
+                                                                  frame_ms=options.frame_ms,
+                                                                  every=options.step_images))
+
+
 def _check_cmap(name: str | None) -> None:
     if name is None:
         return
@@ -358,6 +446,9 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions) -> dict[st
     cmap = options.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
     last = len(prepared.steps)
     sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
+    caption = _CAPTION.get()
+    if caption is not None:  # size the figure for this layer's longest caption
+        sample = sample.rsplit("\n", 1)[0] + "\n" + max((caption(s) for s in prepared.steps), key=len)
     return {"grid": prepared.info.grid, "cmap": cmap, "vmin": prepared.vmin, "vmax": prepared.vmax,
             "fmt": prepared.fmt, "annotate": options.annotate,
             "row_labels": [f"{options.row_label}{i * br}" for i in range(rows)],
@@ -373,7 +464,11 @@ def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: in
     elif options.view is View.DELTA_STEP:
         notes.append("change since the previous frame")
     note = "; ".join(n for n in notes if n)
-    return f"{head}\n{note}" if note else head
+    lines = [head, note] if note else [head]
+    caption = _CAPTION.get()
+    if caption is not None:
+        lines.append(caption(step))
+    return "\n".join(lines)
 
 
 def _summaries(snapshots: list[Snapshot], layers: Sequence[str]) -> list[LayerSummary]:

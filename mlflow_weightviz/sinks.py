@@ -21,9 +21,10 @@ from mlflow_weightviz import _tracking
 from mlflow_weightviz._files import atomic_file
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow.tracking import MlflowClient
 
-__all__ = ["LocalSink", "RunSink", "safe_name", "unique_names"]
+__all__ = ["LocalSink", "RunSink", "image_key", "safe_name", "unique_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
@@ -44,6 +45,15 @@ def safe_name(layer: str) -> str:
             digest = hashlib.sha256(layer.encode()).hexdigest()[:8]
             text = f"{text[:_MAX_NAME - 9]}-{digest}" if text else f"layer-{digest}"
     return text
+
+
+def image_key(stem: str, prefix: str = "weightviz") -> str:
+    """The MLflow image key of a layer's step images, e.g. ``weightviz/fc1.weight``.
+
+    ``MlflowClient.log_image`` accepts only letters, digits, ``_ - . /`` and spaces in a
+    key; :func:`safe_name` stems already qualify, anything else is replaced.
+    """
+    return f"{prefix}/{_UNSAFE.sub('_', stem)}"
 
 
 def unique_names(layers: Iterable[str]) -> dict[str, str]:
@@ -106,6 +116,22 @@ class RunSink:
             self.client.log_artifacts(self.run_id, os.fspath(staged_dir), self.artifact_path)
         self.set_tags(tags)
         return [f"{self.artifact_path}/{n}" if self.artifact_path else n for n in names]
+
+    def log_step_images(self, key: str, frames: Iterable[tuple[int, np.ndarray]]) -> int:
+        """Log (step, RGB frame) pairs as MLflow step images under ``key``; returns how many.
+
+        ``MlflowClient.log_image`` writes the images as artifacts under ``images/`` and sets
+        the ``mlflow.loggedImages`` tag, leaving a FINISHED run FINISHED. The run's image
+        view then scrubs through the steps.
+        """
+        from PIL import Image
+
+        count = 0
+        with _tracking.translate(f"logging step images to run {self.run_id}", writing=True):
+            for step, rgb in frames:
+                self.client.log_image(self.run_id, Image.fromarray(rgb), key=key, step=int(step), synchronous=True)
+                count += 1
+        return count
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set run tags in one request, truncating values to what MLflow accepts."""

@@ -7,6 +7,7 @@ backend and artifact store MLflow supports works, with its parallel downloads.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import posixpath
@@ -15,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.errors import SnapshotsNotFoundError
+from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["LocalSource", "RunSource", "SnapshotSource"]
+__all__ = ["LocalSource", "MetricHistory", "RunSource", "SnapshotSource"]
 
 
 class SnapshotSource(Protocol):
@@ -95,6 +96,22 @@ class RunSource:
         """Digest of the artifact listing (paths and sizes), without downloading anything."""
         return _digest(self.files())
 
+    def metric_history(self, key: str) -> MetricHistory:
+        """The run's values of metric ``key`` by step, for frame captions.
+
+        Raises:
+            UsageError: The run has no metric ``key``.
+        """
+        with _tracking.translate(f"reading metric {key!r} of run {self.run_id}"):
+            history = self.client.get_metric_history(self.run_id, key)
+            if not history:
+                known = sorted(self.client.get_run(self.run_id).data.metrics)
+        if not history:
+            listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "") if known else "none"
+            msg = f"run {self.run_id} has no metric {key!r} for --caption-metric; its metrics: {listing}"
+            raise UsageError(msg)
+        return MetricHistory.from_points(key, [(m.step, m.timestamp, m.value) for m in history])
+
     def fetch(self, workdir: Path) -> Path:
         """Download the artifacts into ``workdir`` with MLflow's artifact repository API.
 
@@ -106,6 +123,37 @@ class RunSource:
         _tracking.download_files(self.client, self.run_id, [p for p, _ in files], dst,
                                  action=f"downloading {self.artifact_path!r} of run {self.run_id}")
         return dst / self.artifact_path.strip("/")
+
+
+@dataclass(frozen=True)
+class MetricHistory:
+    """One metric's values by step; :meth:`caption` gives the text written under a frame's title."""
+
+    key: str
+    steps: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @classmethod
+    def from_points(cls, key: str, points: list[tuple[int, int, float]]) -> MetricHistory:
+        """Build from (step, timestamp, value) points; at a repeated step the latest value counts."""
+        by_step: dict[int, float] = {}
+        for step, _, value in sorted(points, key=lambda p: (p[0], p[1])):
+            by_step[int(step)] = float(value)
+        return cls(key, tuple(by_step), tuple(by_step.values()))
+
+    def at(self, step: int) -> tuple[int, float] | None:
+        """The (step, value) logged at or before ``step``, or ``None`` when there is none yet."""
+        i = bisect.bisect_right(self.steps, step) - 1
+        return None if i < 0 else (self.steps[i], self.values[i])
+
+    def caption(self, step: int) -> str:
+        """``loss = 0.1234`` for the value at or before ``step`` (naming its step when earlier)."""
+        point = self.at(step)
+        if point is None:
+            return f"{self.key}: not logged before step {step}"
+        at, value = point
+        text = f"{self.key} = {value:.6g}"
+        return text if at == step else f"{text} (step {at})"
 
 
 def _digest(listing: object) -> str:
