@@ -336,7 +336,20 @@ class _Composer:
         self.limits = r._limits
         self.text_box: tuple[int, int, int, int] | None = None
 
-        # Title: drawn by matplotlib into its own band, restored to the background first.
+        # Title: its glyphs composed like the values' (matplotlib's layout and FreeType engine),
+        # into its own band restored to the background first.
+        from matplotlib.colors import to_rgb
+
+        self.hinting = get_hinting_flag()  # type: ignore[no-untyped-call]
+        self.dpi = float(r._fig.dpi)
+        title_prop = r._title.get_fontproperties()
+        self.title_font: Any = get_font(fontManager._find_fonts_by_props(title_prop))
+        self.title_size = float(title_prop.get_size_in_points())
+        self.title_anchor = tuple(float(v) for v in r._title.get_transform().transform(r._title.get_position()))
+        self.title_rgb = (np.array(to_rgb(r._title.get_color())) * 255).round().astype(np.uint16)
+        self.title_layouts: dict[str, list[tuple[float, float, np.ndarray, list[int]]] | None] = {}
+        self.title_glyphs: dict[tuple[int, int, int], tuple[np.ndarray, int, int]] = {}
+        self.title_gids: dict[str, int] = {}
         r._title.set_text("\n".join(["Mg"] * r._title_lines))
         self.title_rows = (0, 0)
         self._title_band(r)
@@ -354,8 +367,6 @@ class _Composer:
             height - math.ceil(cb.y1), height - math.floor(cb.y0), math.floor(cb.x0), math.ceil(cb.x1))
 
         # Text: matplotlib's FreeType engine draws each glyph at a 1/64 px position.
-        self.hinting = get_hinting_flag()  # type: ignore[no-untyped-call]
-        self.dpi = float(r._fig.dpi)
         self.layouts: dict[str, _TextLayout | None] = {}
         self.exact: dict[str, _TextLayout] = {}
         self.font_ids: dict[int, int] = {}
@@ -464,11 +475,109 @@ class _Composer:
     def _draw_title(self, title: str) -> None:
         r = self.r
         t0, t1 = self.title_rows
-        self.agg[t0:t1, :, :3] = self.static[t0:t1]
-        self.agg[t0:t1, :, 3] = 255
-        r._title.set_text(title)
-        r._fig.draw_artist(r._title)
-        self.frame[t0:t1] = self.agg[t0:t1, :, :3]
+        lines = self._title_layout(title)
+        if lines is None:  # a title whose layout is not shared: matplotlib draws it
+            self.agg[t0:t1, :, :3] = self.static[t0:t1]
+            self.agg[t0:t1, :, 3] = 255
+            r._title.set_text(title)
+            r._fig.draw_artist(r._title)
+            self.frame[t0:t1] = self.agg[t0:t1, :, :3]
+            return
+        # The same glyphs matplotlib would draw, at the same 1/64 px positions, onto the band's background.
+        frame = self.frame
+        frame[t0:t1] = self.static[t0:t1]
+        height = float(self.height)
+        posx, posy = self.title_anchor
+        colour = self.title_rgb
+        for (x_off, y_off, dx, gids), line in zip(lines, title.split("\n"), strict=True):
+            x = x_off + posx
+            oy = round(0x40 * (height - (height - (y_off + posy))))
+            for d, gid, c in zip(dx.tolist(), gids, line, strict=True):
+                if c in "123456789":
+                    gid = self.title_char_gid(c)
+                ox = round(0x40 * (x + d))
+                buf, left, top = self._title_glyph(gid, ox & 63, oy & 63)
+                if buf.size == 0:
+                    continue
+                gy = self.height - ((oy >> 6) + top)
+                gx = (ox >> 6) + left
+                h, w = buf.shape
+                if gy < 0 or gx < 0 or gy + h > self.height or gx + w > self.width:
+                    continue
+                patch = frame[gy:gy + h, gx:gx + w].astype(np.uint16)
+                a = buf[:, :, None]
+                mix = patch * (255 - a) + colour * a + 128
+                frame[gy:gy + h, gx:gx + w] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
+
+    def _title_layout(self, title: str) -> list[tuple[float, float, np.ndarray, list[int]]] | None:
+        """Per line: anchor offsets, pen positions and glyphs, shared by titles that differ only in digits."""
+        key = title.translate(_DIGITS_TO_ZERO)
+        if key in self.title_layouts:
+            return self.title_layouts[key]
+        base = self._measure_title(key)
+        ok = base is not None
+        for d in ("1", "2", "3", "4", "5", "6", "7", "8", "9", "12"):
+            if not ok:
+                break
+            probe = key.replace("0", d) if len(d) == 1 else self._cycle_digits(key)
+            other = self._measure_title(probe)
+            ok = other is not None and base is not None and len(other) == len(base) and all(
+                (a[0], a[1]) == (b[0], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(base, other, strict=True))
+        if len(self.title_layouts) > 256:
+            self.title_layouts.clear()
+        self.title_layouts[key] = base if ok else None
+        return self.title_layouts[key]
+
+    @staticmethod
+    def _cycle_digits(key: str) -> str:
+        out, k = [], 0
+        for c in key:
+            if c == "0":
+                out.append("1234567890"[k % 10])
+                k += 1
+            else:
+                out.append(c)
+        return "".join(out)
+
+    def _measure_title(self, s: str) -> list[tuple[float, float, np.ndarray, list[int]]] | None:
+        t: Any = self.r._title
+        t.set_text(s)
+        try:
+            _, info, _ = t._get_layout(self.renderer)
+        finally:
+            t.set_text("")
+        font = self.title_font
+        out = []
+        for line, _, (x_off, y_off) in info:
+            font.set_size(self.title_size, self.dpi)
+            items = font._layout(line, flags=self.hinting) if line else []
+            if any(it.ft_object is not font or it.y != 0 for it in items) or len(items) != len(line):
+                return None
+            out.append((float(x_off), float(y_off), np.array([it.x for it in items], dtype=np.float64),
+                        [int(it.glyph_index) for it in items]))
+        return out
+
+    def title_char_gid(self, c: str) -> int:
+        gid = self.title_gids.get(c)
+        if gid is None:
+            self.title_font.set_size(self.title_size, self.dpi)
+            (item,) = self.title_font._layout(c, flags=self.hinting)
+            gid = self.title_gids[c] = int(item.glyph_index)
+        return gid
+
+    def _title_glyph(self, gid: int, fx: int, fy: int) -> tuple[np.ndarray, int, int]:
+        key = (gid, fx, fy)
+        glyph = self.title_glyphs.get(key)
+        if glyph is None:
+            from matplotlib.ft2font import RenderMode
+
+            font = self.title_font
+            font.set_size(self.title_size, self.dpi)
+            font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [fx, fy])
+            bitmap = font._render_glyph(gid, self.hinting, RenderMode.NORMAL)
+            glyph = (np.array(bitmap.buffer, dtype=np.uint16), int(bitmap.left), int(bitmap.top))
+            self.title_glyphs[key] = glyph
+        return glyph
 
     # ------------------------------------------------------------------ text
 

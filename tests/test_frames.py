@@ -74,6 +74,8 @@ def test_fast_frames_match_matplotlib(grid: tuple[int, int], kwargs: dict[str, o
         assert_same_ink(a, b)
     if "size" in kwargs:
         assert fast.size == (1500, 1000)
+    assert fast._fast is not None
+    assert None not in fast._fast.title_layouts.values()  # titles were composed from glyphs, not redrawn
 
 
 def test_nan_inf_negative_and_diverging(pair: list[HeatmapRenderer], tmp_path: Path) -> None:
