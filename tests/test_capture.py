@@ -357,9 +357,9 @@ def test_flush_failure_while_training_fails_lets_the_training_error_through() ->
             train()
 
 
-def test_unclosed_recorder_is_flushed_and_rendered_when_python_exits(tmp_path: Path) -> None:
+def test_unclosed_recorder_is_flushed_and_rendered_when_python_exits(tmp_path: Path, server_uri: str) -> None:
     """A callback's fit() that raises never closes its recorder; the exit hook does."""
-    uri = f"sqlite:///{tmp_path / 'exit.db'}"
+    uri = server_uri
     script = textwrap.dedent("""
         import mlflow, numpy as np, mlflow_weightviz as wv
         run = mlflow.start_run()

@@ -19,6 +19,7 @@ to the run. If training raised, the same happens and the exception propagates.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import operator
 import os
 import shutil
@@ -39,7 +40,7 @@ import numpy as np
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz.capture._arrays import DEFAULT_LAYER, weights_mapping
-from mlflow_weightviz.errors import UsageError, WeightvizError
+from mlflow_weightviz.errors import OutputError, UsageError, WeightvizError
 from mlflow_weightviz.options import RenderOptions, WeightvizWarning
 from mlflow_weightviz.snapshots import STEPS_KEY
 
@@ -252,12 +253,18 @@ class _Segment:
         self.count = 0
         self.first = -1
         self.last = -1
-        self._fh = path.open("ab")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
-        self._fh.write(np.asarray(step, _STEP_DTYPE).tobytes())
-        for arr in arrays.values():
-            self._fh.write(np.ascontiguousarray(arr).tobytes())
+        """Append one record; after a failed write the file is cut back, so records stay aligned."""
+        try:
+            _write_all(self._fd, np.asarray(step, _STEP_DTYPE).tobytes())
+            for arr in arrays.values():
+                _write_all(self._fd, np.ascontiguousarray(arr).tobytes())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.count * self.record_bytes)
+            raise
         if self.count == 0:
             self.first = step
         self.count += 1
@@ -268,17 +275,21 @@ class _Segment:
         return f"chunk_{self.first}-{self.last}.npz"
 
     def write_chunk(self, target: Path) -> Path:
-        """Write the canonical chunk file, one zip member at a time, from a memory map of the raw file."""
-        self._fh.flush()
-        rows = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.count, self.record_bytes))
+        """Write the canonical chunk file, one zip member (layer) at a time.
+
+        Each member is copied slice by slice from the raw file with ``os.pread``: at most
+        :data:`_COPY_BLOCK` bytes are in memory at once, and no memory map inflates the
+        process's resident size with the chunk's pages.
+        """
+        members: list[tuple[str, np.dtype[Any], tuple[int, ...], int, int]] = [
+            (STEPS_KEY, _STEP_DTYPE, (), 0, _STEP_DTYPE.itemsize)]
+        offset = _STEP_DTYPE.itemsize
+        for name, dtype, shape, size in zip(self.layout.names, self.layout.dtypes, self.layout.shapes,
+                                            self.sizes, strict=True):
+            members.append((name, dtype, shape, offset, size))
+            offset += size
+        fd = os.open(self.path, os.O_RDONLY)
         try:
-            members: list[tuple[str, np.dtype[Any], tuple[int, ...], int, int]] = [
-                (STEPS_KEY, _STEP_DTYPE, (), 0, _STEP_DTYPE.itemsize)]
-            offset = _STEP_DTYPE.itemsize
-            for name, dtype, shape, size in zip(self.layout.names, self.layout.dtypes, self.layout.shapes,
-                                                self.sizes, strict=True):
-                members.append((name, dtype, shape, offset, size))
-                offset += size
             # Stored, not deflated: the renderer memory-maps stored members in place.
             with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for name, dtype, shape, start, size in members:
@@ -286,19 +297,37 @@ class _Segment:
                         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                                   "shape": (self.count, *shape)}
                         np.lib.format.write_array_header_2_0(fh, header)
-                        block = max(1, _COPY_BLOCK // max(size, 1))
-                        for i in range(0, self.count, block):
-                            fh.write(np.ascontiguousarray(rows[i:i + block, start:start + size]).tobytes())
+                        for row in range(self.count):
+                            _copy_range(fd, row * self.record_bytes + start, size, fh)
         finally:
-            del rows
+            os.close(fd)
         return target
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def discard(self) -> None:
-        self._fh.close()
+        self.close()
         self.path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(fd: int, offset: int, size: int, out: Any) -> None:
+    end = offset + size
+    while offset < end:
+        data = os.pread(fd, min(_COPY_BLOCK, end - offset), offset)
+        if not data:
+            msg = "the snapshot buffer file is shorter than expected"
+            raise OSError(msg)
+        out.write(data)
+        offset += len(data)
 
 
 # ----------------------------------------------------------------------- recorder
@@ -450,7 +479,11 @@ class Recorder:
             self._segments_made += 1
             self._segment = _Segment(self._dir / f"segment-{self._segments_made}.raw", _Layout.of(arrays))
         segment = self._segment
-        segment.append(step, arrays)
+        try:
+            segment.append(step, arrays)
+        except OSError as exc:
+            msg = f"cannot buffer the snapshot of step {step} in {self._dir}: {exc.strerror or exc}"
+            raise OutputError(msg) from exc
         self.snapshots += 1
         self.last_step = step
         if segment.count >= max(self._capacity(), self._retry_at) and self.uploads < self.settings.max_uploads - 1:
@@ -503,7 +536,11 @@ class Recorder:
     def _log_segment(self, seg: _Segment) -> str:
         staging = self._dir / "out"
         staging.mkdir(exist_ok=True)
-        path = seg.write_chunk(staging / seg.chunk_name)
+        try:
+            path = seg.write_chunk(staging / seg.chunk_name)
+        except OSError as exc:
+            msg = f"cannot write {seg.chunk_name} in {staging}: {exc.strerror or exc}"
+            raise OutputError(msg) from exc
         try:
             with _tracking.translate(f"logging snapshots to run {self.run_id}", writing=True):
                 self._client.log_artifact(self.run_id, os.fspath(path), self.settings.artifact_path)
