@@ -144,9 +144,22 @@ class FrameEncoder:
         self.quantize = Quantizer(table)
         self.previous: np.ndarray | None = None
 
-    def encode(self, rgb: np.ndarray) -> bytes | None:
-        """The image block of one frame, or ``None`` when it equals the previous frame."""
-        index = self.quantize(rgb)
+    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None) -> bytes | None:
+        """The image block of one frame, or ``None`` when it equals the previous frame.
+
+        Args:
+            rgb: The (H, W, 3) uint8 frame.
+            changed: Boxes ``(y0, y1, x0, x1)`` outside which ``rgb`` equals the previous
+                frame (see :attr:`HeatmapRenderer.changed_boxes`): only they are mapped to
+                the palette. The mapping is per pixel, so the result is the same.
+        """
+        if changed is None or self.previous is None:
+            index = self.quantize(rgb)
+        else:
+            index = self.previous.copy()
+            for y0, y1, x0, x1 in changed:
+                if y1 > y0 and x1 > x0:
+                    index[y0:y1, x0:x1] = self.quantize(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
         box = changed_box(self.previous, index)
         block = None if box is None else encode_image(index, box, self.previous)
         self.previous = index
@@ -194,8 +207,12 @@ class GifEncoder:
         if exc_type is None:
             self.finish()
 
-    def add_frame(self, frame: Any) -> None:
-        """Add one frame: an (H, W, 3) uint8 array or a Pillow image of the GIF's size."""
+    def add_frame(self, frame: Any, changed: list[tuple[int, int, int, int]] | None = None) -> None:
+        """Add one frame: an (H, W, 3) uint8 array or a Pillow image of the GIF's size.
+
+        ``changed`` optionally bounds where it differs from the frame added before (see
+        :meth:`FrameEncoder.encode`).
+        """
         from PIL import Image
 
         rgb = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
@@ -210,7 +227,7 @@ class GifEncoder:
         if self._frames is None:
             assert self.palette is not None
             self._frames = FrameEncoder(self.palette)
-        self.add_block(self._frames.encode(rgb))
+        self.add_block(self._frames.encode(rgb, changed))
 
     def start(self, table: np.ndarray, size: tuple[int, int]) -> None:
         """Write the header: the (256, 3) uint8 palette and the ``(width, height)`` of every frame."""

@@ -201,13 +201,16 @@ class HeatmapRenderer:
         self._dark_set = False
         self._fast: _Composer | None = None
 
-    def render(self, values: np.ndarray, title: str, limits: tuple[float, float] | None = None) -> np.ndarray:
+    def render(self, values: np.ndarray, title: str, limits: tuple[float, float] | None = None, *,
+               copy: bool = True) -> np.ndarray:
         """Draw one frame and return it as an (height, width, 3) uint8 RGB array.
 
         Args:
             values: The grid's values, of the renderer's grid shape; NaN and ±inf allowed.
             title: The frame's title (may have several lines).
             limits: This frame's colour scale ``(vmin, vmax)``; ``None`` keeps the current one.
+            copy: Return a new array; ``False`` returns the renderer's own buffer, valid
+                until the next call (saves a copy when the frame is consumed at once).
 
         Raises:
             ValueError: ``values`` does not have the renderer's grid shape.
@@ -220,7 +223,17 @@ class HeatmapRenderer:
             return self._render_reference(values, title, limits)
         if self._fast is None:
             self._fast = _Composer(self)
-        return self._fast.render(values, title, limits)
+        frame = self._fast.render(values, title, limits)
+        return frame.copy() if copy else frame
+
+    @property
+    def changed_boxes(self) -> list[tuple[int, int, int, int]] | None:
+        """Boxes ``(y0, y1, x0, x1)`` outside which the last frame equals the frame before it.
+
+        ``None`` when it may differ anywhere (the first frame, a new colour scale, the
+        reference path). Encoders use it to map only those pixels to the palette.
+        """
+        return None if self._fast is None else self._fast.changed
 
     def _render_reference(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         if limits is not None and (self._norm.vmin, self._norm.vmax) != limits:
@@ -326,15 +339,25 @@ class _Composer:
         region_w = white[self.y0:self.y1, self.x0:self.x1]
         mixed = ~((region_b == 0).all(axis=2) & (region_w == 255).all(axis=2))
         my, mx = np.nonzero(mixed)
-        self.mixed_at = (my + self.y0) * width + (mx + self.x0)
-        self.mixed_cell = row_of[my] * cols + col_of[mx]
-        self.mixed_base = region_b[my, mx].astype(np.int32)
-        self.mixed_span = region_w[my, mx].astype(np.int32) - self.mixed_base
+        at = (my + self.y0) * width + (mx + self.x0)
+        base = region_b[my, mx]
+        span = region_w[my, mx].astype(np.int16) - base
+        fixed = (span == 0).all(axis=1)  # opaque grid pixels: the same over any cell colour
+        self.fixed_at = ((at[fixed] * 3)[:, None] + np.arange(3)).ravel()
+        self.fixed_value = base[fixed].ravel()
+        self.mixed_at = (at[~fixed] * 3)[:, None] + np.arange(3)
+        self.mixed_cell = (row_of[my] * cols + col_of[mx])[~fixed]
+        self.mixed_base = base[~fixed].astype(np.uint16)
+        self.mixed_span = span[~fixed].astype(np.uint16)
+        self.row_edges = np.concatenate([[0], np.cumsum(self.row_counts)]) + self.y0
 
         self.static = black  # outside the cells' region every draw is the same
         self.frame = black.copy()
         self.limits = r._limits
         self.text_box: tuple[int, int, int, int] | None = None
+        #: Boxes ``(y0, y1, x0, x1)`` outside which the last frame equals the one before; None: anywhere.
+        self.changed: list[tuple[int, int, int, int]] | None = None
+        self.started = False
 
         # Title: its glyphs composed like the values' (matplotlib's layout and FreeType engine),
         # into its own band restored to the background first.
@@ -436,27 +459,47 @@ class _Composer:
         r = self.r
         rows, cols = r.grid
         frame = self.frame
+        full = not self.started  # the first frame, or a new colour scale, may differ anywhere
         if limits is not None and (float(limits[0]), float(limits[1])) != self.limits:
             self._set_limits(limits)
+            full = True
         masked = np.ma.masked_invalid(values)
         normed = r._norm(masked)
         colours = r._cmap(normed, bytes=True)[..., :3]
 
+        changed = [(self.title_rows[0], self.title_rows[1], 0, self.width), (self.y0, self.y1, self.x0, self.x1)]
         if self.text_box is not None:  # texts drawn outside the cells last frame
             y0, y1, x0, x1 = self.text_box
             frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
+            changed.append(self.text_box)
             self.text_box = None
-        band = np.repeat(colours, self.col_counts, axis=1)
-        frame[self.y0:self.y1, self.x0:self.x1] = np.repeat(band, self.row_counts, axis=0)
-        flat = frame.reshape(-1, 3)
-        under = colours.reshape(-1, 3).astype(np.int32)[self.mixed_cell]
-        flat[self.mixed_at] = (self.mixed_base + (self.mixed_span * under + 127) // 255).astype(np.uint8)
+        self._fill(colours)
 
         if r._probe is not None:
             dark = text_is_dark(r._cmap(normed)).ravel()
             self._draw_texts(values.ravel().tolist(), dark)
         self._draw_title(title)
-        return frame.copy()
+        changed.extend(self._texts_outside())
+        self.changed = None if full else changed
+        self.started = True
+        return frame
+
+    def _fill(self, colours: np.ndarray) -> None:
+        """Cell colours over the cells' pixels, then the grid-line pixels blended over them."""
+        frame = self.frame
+        band = np.repeat(colours, self.col_counts, axis=1)
+        edges = self.row_edges.tolist()
+        for i in range(len(edges) - 1):  # one broadcast copy per row of cells
+            frame[edges[i]:edges[i + 1], self.x0:self.x1] = band[i]
+        flat = frame.reshape(-1)
+        flat[self.fixed_at] = self.fixed_value
+        under = colours.reshape(-1, 3).astype(np.uint16)[self.mixed_cell]
+        mix = self.mixed_span * under + 128
+        flat[self.mixed_at] = (self.mixed_base + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
+
+    def _texts_outside(self) -> list[tuple[int, int, int, int]]:
+        """The box of this frame's texts when they reach outside the cells, set by :meth:`_draw_texts`."""
+        return [] if self.text_box is None else [self.text_box]
 
     def _set_limits(self, limits: tuple[float, float]) -> None:
         self.r._image.set_clim(*limits)

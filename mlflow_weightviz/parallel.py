@@ -104,14 +104,23 @@ class _LayerState:
         grid = tuple(kwargs.pop("grid"))
         self.renderer = HeatmapRenderer((int(grid[0]), int(grid[1])), **kwargs)
         self.stack = np.load(task.stack_path, mmap_mode="r")
-        first = self.renderer.render(np.asarray(self.stack[0]), task.first[0], task.first[1])
+        first = self.renderer.render(np.asarray(self.stack[0]), task.first[0], task.first[1], copy=False)
         self.table = build_palette(first, self.renderer.palette_colors())
         self.quantize = Quantizer(self.table)
         self.size = self.renderer.size
         self.last: tuple[int, np.ndarray] | None = None
 
-    def index(self, i: int, title: str, limits: tuple[float, float]) -> np.ndarray:
-        return self.quantize(self.renderer.render(np.asarray(self.stack[i]), title, limits))
+    def index(self, i: int, title: str, limits: tuple[float, float], previous: np.ndarray | None) -> np.ndarray:
+        """Frame ``i`` as palette indices; ``previous`` (frame ``i - 1``) spares mapping unchanged pixels."""
+        rgb = self.renderer.render(np.asarray(self.stack[i]), title, limits, copy=False)
+        changed = self.renderer.changed_boxes
+        if previous is None or changed is None:
+            return self.quantize(rgb)
+        index = previous.copy()
+        for y0, y1, x0, x1 in changed:
+            if y1 > y0 and x1 > x0:
+                index[y0:y1, x0:x1] = self.quantize(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+        return index
 
     def close(self) -> None:
         self.renderer.close()
@@ -136,10 +145,10 @@ def _run_task(task: _Task) -> tuple[np.ndarray | None, tuple[int, int], list[byt
         if state.last is not None and state.last[0] == task.start - 1:
             previous = state.last[1]
         else:
-            previous = state.index(task.start - 1, task.titles[0], task.limits[0])
+            previous = state.index(task.start - 1, task.titles[0], task.limits[0], None)
     blocks: list[bytes | None] = []
     for i in range(task.start, task.stop):
-        index = state.index(i, task.titles[i - offset], task.limits[i - offset])
+        index = state.index(i, task.titles[i - offset], task.limits[i - offset], previous)
         box = changed_box(previous, index)
         blocks.append(None if box is None else encode_image(index, box, previous))
         previous = index

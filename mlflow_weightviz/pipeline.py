@@ -283,8 +283,9 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
                                                       loop=options.loop,
                                                       palette_colors=renderer.palette_colors()) as gif:
                 for i, step in enumerate(prepared.steps):
-                    gif.add_frame(renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step),
-                                                  prepared.limits(i)))
+                    frame = renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step),
+                                            prepared.limits(i), copy=False)
+                    gif.add_frame(frame, renderer.changed_boxes)
                     done += 1
                     if progress is not None:
                         progress(done, total)

@@ -136,3 +136,14 @@ def test_pillow_images_accepted_and_bad_frames_refused(tmp_path: Path) -> None:
         frames_to_gif([], tmp_path / "none.gif")
     assert not list(tmp_path.glob("bad*"))
     assert not list(tmp_path.glob("none*"))
+
+
+def test_changed_boxes_give_the_same_bytes(tmp_path: Path) -> None:
+    frames = heat_frames(5)
+    boxes = [(8, 20, 4 + 2 * t - 2, 16 + 2 * t) for t in range(5)]  # where each frame differs from the last
+    plain, hinted = io.BytesIO(), io.BytesIO()
+    with GifEncoder(plain) as a, GifEncoder(hinted) as b:
+        for t, f in enumerate(frames):
+            a.add_frame(f)
+            b.add_frame(f, None if t == 0 else [boxes[t]])
+    assert plain.getvalue() == hinted.getvalue()

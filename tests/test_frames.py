@@ -160,3 +160,26 @@ def test_small_cells_without_grid_lines(pair: list[HeatmapRenderer], tmp_path: P
     values[3, 4] = np.nan
     assert_same_look(roundtrip(fast.render(values, "small"), tmp_path / "a.png"),
                      roundtrip(ref.render(values, "small"), tmp_path / "b.png"))
+
+
+@pytest.mark.parametrize(("grid", "kwargs"), [((6, 9), {}), ((16, 16), {"size": (1500, 1000), "fontsize": 10})])
+def test_changed_boxes_hold_every_changed_pixel(grid: tuple[int, int], kwargs: dict[str, object],
+                                                pair: list[HeatmapRenderer]) -> None:
+    r = make(grid, **kwargs)  # type: ignore[arg-type]
+    pair.append(r)
+    rng = np.random.default_rng(6)
+    before = r.render(rng.uniform(0, 0.05, grid), "step 1")
+    assert r.changed_boxes is None  # the first frame may differ anywhere
+    for t in range(2, 4):
+        after = r.render(rng.uniform(0, 0.05, grid), f"step {t * 7}")
+        boxes = r.changed_boxes
+        assert boxes is not None
+        inside = np.zeros(before.shape[:2], dtype=bool)
+        for y0, y1, x0, x1 in boxes:
+            inside[y0:y1, x0:x1] = True
+        differ = (before != after).any(axis=2)
+        assert differ.any()
+        assert not (differ & ~inside).any()
+        before = after
+    r.render(rng.uniform(0, 0.05, grid), "new scale", (0.0, 0.1))
+    assert r.changed_boxes is None  # the colorbar was redrawn
