@@ -181,7 +181,7 @@ def test_lightning_every_n_epochs_on_the_active_run() -> None:
 # ---------------------------------------------------------------------------- transformers
 
 
-def hf_parts(tmp_path: Path, steps: int) -> tuple[Any, Any, list[dict[str, Any]]]:
+def hf_parts(tmp_path: Path, steps: int, report_to: str | list[str] = "none") -> tuple[Any, Any, list[dict[str, Any]]]:
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     pytest.importorskip("accelerate", reason="accelerate (needed by Trainer) is not installed")
     import torch
@@ -194,21 +194,24 @@ def hf_parts(tmp_path: Path, steps: int) -> tuple[Any, Any, list[dict[str, Any]]
     ids[::2, 2] = 7
     data = [{"input_ids": row, "labels": int((row == 7).any())} for row in ids]
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=steps,
-                                          per_device_train_batch_size=8, learning_rate=1e-2, report_to="none",
+                                          per_device_train_batch_size=8, learning_rate=1e-2, report_to=report_to,
                                           save_strategy="no", logging_strategy="no", use_cpu=True,
                                           disable_tqdm=True, seed=0)
     return model, args, data
 
 
-def test_transformers_callback_records_every_n_steps(tmp_path: Path, server_uri: str) -> None:
-    import mlflow
+def test_transformers_callback_records_into_the_run_report_to_mlflow_starts(tmp_path: Path, server_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
     from transformers import Trainer
 
-    model, args, data = hf_parts(tmp_path, steps=6)
+    model, args, data = hf_parts(tmp_path, steps=6, report_to=["mlflow"])
     callback = wv.TransformersCallback(every_n_steps=2, layers=["classifier.weight", "*.query.weight"],
                                        max_frames=2)
-    with mlflow.start_run() as run:
-        Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    assert callback.recorder is not None
+    run = MlflowClient().get_run(callback.recorder.run_id)
+    assert run.info.status == "FINISHED"  # ended by transformers' MLflowCallback; the GIFs came after
+    assert run.data.params["max_steps"] == "6"  # the run transformers' own MLflow integration made
     contents = chunk_contents(run.info.run_id, uri=server_uri)
     assert sorted(contents) == [0, 2, 4, 6]
     assert sorted(contents[6]) == ["bert.encoder.layer.0.attention.self.query.weight", "classifier.weight"]
@@ -216,8 +219,6 @@ def test_transformers_callback_records_every_n_steps(tmp_path: Path, server_uri:
     gifs = artifact_files(run.info.run_id, "weightviz", server_uri)
     assert gifs == ["weightviz/bert.encoder.layer.0.attention.self.query.weight.gif",
                     "weightviz/classifier.weight.gif"]
-    from mlflow.tracking import MlflowClient
-
     local = MlflowClient().download_artifacts(run.info.run_id, gifs[1])
     assert read_gif(Path(local)).n_frames == 2
 
