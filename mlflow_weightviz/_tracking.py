@@ -184,9 +184,20 @@ def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path
             # repository implements; download_artifacts() would retry every file after a failure.
             futures = [pool.submit(repo._download_file, path, os.fspath(local)) for path, local in jobs]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
+            for future, (path, _) in zip(futures, jobs, strict=True):
                 error = future.exception() if future in done else None
                 if error is not None:
-                    raise error
+                    _raise_download_error(error, f"{action}: {path}")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _raise_download_error(error: BaseException, action: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
+        # MLflow's own path checks refuse some names it accepted on upload (e.g. "%2e%2e").
+        msg = f"{action}: MLflow refuses to download this artifact path ({_short(str(error.message))})"
+        raise SnapshotFormatError(msg) from error
+    with translate(action):
+        raise error

@@ -424,7 +424,9 @@ def _safetensors_refs(path: Path) -> dict[str, _Ref]:
         count = int(np.prod(shape, dtype=np.int64))
         if any(d < 0 for d in shape) or end - begin != count * dtype.itemsize or not 0 <= begin <= end \
                 or base + end > size:
-            msg = f"{path.name}: tensor {key!r} is truncated or its offsets are corrupt"
+            msg = (f"{path.name}: tensor {key!r} is truncated or its offsets are corrupt: {kind} {list(shape)} "
+                   f"needs {count * dtype.itemsize} bytes, at data offsets [{begin}, {end}) of the "
+                   f"{size - base} bytes the file holds")
             raise SnapshotFormatError(msg)
         shown = np.dtype("<f4") if kind == "BF16" else dtype
         refs[key] = _Ref(shape, shown, functools.partial(_st_read, path, base + begin, shape, dtype, kind == "BF16"))
