@@ -167,3 +167,24 @@ def test_bad_input_is_one_clear_line(server_uri: str) -> None:
         render_experiment(exp, workers=2, scheduler="tcp://127.0.0.1:1")
     with pytest.raises(wv.UsageError, match="at least 1"):
         render_experiment(exp, workers=0)
+
+
+def test_stop_request_starts_no_new_run(server_uri: str, tmp_path: Path) -> None:
+    import threading
+
+    exp = f"stop-{uuid.uuid4().hex[:8]}"
+    runs = {snapshot_run(server_uri, exp, tmp_path, seed=i, steps=2) for i in range(3)}
+    stop = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done >= 1:  # as a signal handler would, once the first run is done
+            stop.set()
+
+    report = render_experiment(exp, wv.RenderOptions(max_frames=2), progress=progress, stop=stop)
+
+    assert report.interrupted
+    assert sorted(o.status for o in report.outcomes) == ["cancelled", "cancelled", "rendered"]
+    assert {o.run_id for o in report.outcomes} == runs
+    for o in report.outcomes:
+        expected = ["weightviz/fc.gif"] if o.status == "rendered" else []
+        assert artifact_files(o.run_id, "weightviz", uri=server_uri) == expected

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.automation import RunOutcome, WatchReport, parse_since, watch_experiment
-from tests.conftest import MlflowServer
+from tests.conftest import MlflowServer, free_port
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
 pytestmark = pytest.mark.server
@@ -131,27 +133,81 @@ def test_parse_since() -> None:
             parse_since(bad)
 
 
-def test_watch_survives_a_server_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class TcpRelay:
+    """A TCP relay in front of the real server: ``down()`` makes the server unreachable, ``up()`` reachable.
+
+    To the watcher this is exactly a server outage (connections refused, open ones cut),
+    without restarting the session's server.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port again
+        self.listener.settimeout(0.2)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while listener.fileno() != -1:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+def test_watch_survives_a_server_outage(mlflow_server: MlflowServer, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # Fail fast while the server is down, as the CLI does.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    server = MlflowServer(tmp_path / "own-server")
-    server.start()
+    relay = TcpRelay(mlflow_server.port)
+    relay.up()
     try:
-        exp = "outage"
-        first = snapshot_run(server.url, exp, tmp_path, seed=1)
-        watcher = WatchThread(exp, tracking_uri=server.url)
+        exp = f"outage-{uuid.uuid4().hex[:8]}"
+        first = snapshot_run(relay.url, exp, tmp_path, seed=1)
+        watcher = WatchThread(exp, tracking_uri=relay.url)
         try:
             wait_until(lambda: watcher.rendered(first), what="the first run to be rendered")
-            server.stop()
+            relay.down()
             wait_until(lambda: len(watcher.errors) >= 2, what="failed polls to be reported")
-            server.start()
-            second = snapshot_run(server.url, exp, tmp_path, seed=2)
-            wait_until(lambda: watcher.rendered(second), what="a run to be rendered after the restart")
+            relay.up()
+            second = snapshot_run(relay.url, exp, tmp_path, seed=2)
+            wait_until(lambda: watcher.rendered(second), what="a run to be rendered after the outage")
         finally:
             report = watcher.finish()
     finally:
-        server.stop()
+        relay.down()
     assert report.errors >= 2
     assert all("the tracking server cannot be reached" in e and "trying again in 0.5 s" in e
                for e in watcher.errors), watcher.errors
