@@ -299,8 +299,9 @@ class _Composer:
         width, height = r.size
         self.width, self.height = width, height
 
-        # One full draw with black cells; then only the image (and the grid lines over it) again,
-        # with white and with index-coded cells: outside the axes nothing changes.
+        # One full draw with black cells. White cells: the axes' own white background with only the
+        # grid and tick lines drawn again over it. Which cell each pixel shows: the image drawn again
+        # with index-coded cells, clipped to one row and one column of pixels through the cells.
         image.set_data(np.zeros((rows, cols, 3), np.uint8))
         black = self._draw()
         self.renderer: Any = canvas.get_renderer()  # type: ignore[no-untyped-call]
@@ -308,28 +309,26 @@ class _Composer:
         box = r._ax.get_window_extent(self.renderer)
         ay0, ay1 = max(0, height - math.ceil(box.y1) - 2), min(height, height - math.floor(box.y0) + 2)
         ax0, ax1 = max(0, math.floor(box.x0) - 2), min(width, math.ceil(box.x1) + 2)
-        image.set_data(np.full((rows, cols, 3), 255, np.uint8))
         white = black.copy()
-        white[ay0:ay1, ax0:ax1] = self._redraw_cells(ay0, ay1, ax0, ax1, overlays=True)
+        white[ay0:ay1, ax0:ax1] = self._redraw_cells(ay0, ay1, ax0, ax1)
+        centres = r._ax.transData.transform(np.column_stack([np.tile(np.arange(cols), rows),
+                                                             np.repeat(np.arange(rows), cols)]).astype(float))
+        self.posx, self.posy = centres[:, 0].copy(), centres[:, 1].copy()
+        mid_x = min(max(int(self.posx[0]), ax0), ax1 - 1)
+        mid_y = min(max(height - 1 - int(self.posy[0]), ay0), ay1 - 1)
         k = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
         image.set_data(np.stack([k & 255, (k >> 8) & 255, (k >> 16) & 255], axis=-1).astype(np.uint8))
-        coded = np.full_like(black, 255, dtype=np.int64)
-        coded[ay0:ay1, ax0:ax1] = self._redraw_cells(ay0, ay1, ax0, ax1, overlays=False)
+        coded_row = self._scan_cells(ay0, ay1, ax0, ax1, (ax0, height - mid_y - 1, ax1, height - mid_y))[mid_y, :]
+        coded_col = self._scan_cells(ay0, ay1, ax0, ax1, (mid_x, height - ay1, mid_x + 1, height - ay0))[:, mid_x]
         image.set_data(np.ma.masked_all(r.grid))  # type: ignore[no-untyped-call]
         self.agg[ay0:ay1, ax0:ax1, :3] = black[ay0:ay1, ax0:ax1]
 
         # The cells' region: where the picture depends on the cell colours at all.
-        touched = (black != white).any(axis=2)
-        ys, xs = np.flatnonzero(touched.any(axis=1)), np.flatnonzero(touched.any(axis=0))
+        touched = (black[ay0:ay1, ax0:ax1] != white[ay0:ay1, ax0:ax1]).any(axis=2)
+        ys, xs = np.flatnonzero(touched.any(axis=1)) + ay0, np.flatnonzero(touched.any(axis=0)) + ax0
         self.y0, self.y1, self.x0, self.x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-        index = coded[..., 0] | (coded[..., 1] << 8) | (coded[..., 2] << 16)
-        centres = r._ax.transData.transform(np.column_stack([np.tile(np.arange(cols), rows),
-                                                             np.repeat(np.arange(rows), cols)]).astype(float))
-        self.posx, self.posy = centres[:, 0].copy(), centres[:, 1].copy()
-        mid_x = min(max(int(self.posx[0]), self.x0), self.x1 - 1)
-        mid_y = min(max(height - 1 - int(self.posy[0]), self.y0), self.y1 - 1)
-        col_of = self._cell_runs(index[mid_y, self.x0:self.x1], rows * cols, lambda c: c % cols, lambda c: c < cols)
-        row_of = self._cell_runs(index[self.y0:self.y1, mid_x], rows * cols, lambda c: c // cols,
+        col_of = self._cell_runs(coded_row[self.x0:self.x1], rows * cols, lambda c: c % cols, lambda c: c < cols)
+        row_of = self._cell_runs(coded_col[self.y0:self.y1], rows * cols, lambda c: c // cols,
                                  lambda c: c % cols == 0)
         self.col_counts = np.bincount(col_of, minlength=cols)
         self.row_counts = np.bincount(row_of, minlength=rows)
@@ -418,18 +417,35 @@ class _Composer:
         self.r._canvas.draw()  # type: ignore[no-untyped-call]
         return np.asarray(self.r._canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]
 
-    def _redraw_cells(self, y0: int, y1: int, x0: int, x1: int, *, overlays: bool) -> np.ndarray:
-        """Draw the image, and the grid lines over it, as the full draw does; return the axes' pixels."""
+    def _redraw_cells(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The axes' pixels with white cells.
+
+        The white background, and over it what Axis.draw puts near the cells (grid lines
+        and tick marks), in its order.
+        """
         r = self.r
         self.agg[y0:y1, x0:x1] = 255
-        r._fig.draw_artist(r._image)
-        if overlays:  # what Axis.draw puts over the image near it: grid lines and tick marks, in its order
-            for axis in (r._ax.xaxis, r._ax.yaxis):
-                for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
-                    for line in (tick.gridline, tick.tick1line, tick.tick2line):
-                        if line.get_visible():
-                            r._fig.draw_artist(line)
-        return self.agg[y0:y1, x0:x1, :3].astype(np.uint8 if overlays else np.int64)
+        for axis in (r._ax.xaxis, r._ax.yaxis):
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                for line in (tick.gridline, tick.tick1line, tick.tick2line):
+                    if line.get_visible():
+                        r._fig.draw_artist(line)
+        return self.agg[y0:y1, x0:x1, :3].copy()
+
+    def _scan_cells(self, y0: int, y1: int, x0: int, x1: int, clip: tuple[int, int, int, int]) -> _CodedView:
+        """The index-coded image drawn inside ``clip`` (display coordinates), decoded to cell indices."""
+        from matplotlib.transforms import Bbox
+
+        image = self.r._image
+        saved = image.get_clip_box()
+        self.agg[y0:y1, x0:x1] = 255
+        image.set_clip_box(Bbox.from_extents(*clip))
+        try:
+            self.r._fig.draw_artist(image)
+        finally:
+            image.set_clip_box(saved)
+        return _CodedView(self.agg)
+
 
     @staticmethod
     def _cell_runs(line: np.ndarray, count: int, which: Any, valid: Any) -> np.ndarray:
@@ -811,3 +827,14 @@ class _Composer:
                 gids.append(lay.gids[0])
             self._luts = (np.array(fonts, np.int64), np.array(gids, np.int64))
         return self._luts
+
+
+class _CodedView:
+    """Cell indices decoded from the RGB of the Agg buffer, one row or column at a time."""
+
+    def __init__(self, agg: np.ndarray) -> None:
+        self.agg = agg
+
+    def __getitem__(self, where: tuple[Any, Any]) -> np.ndarray:
+        coded = self.agg[where][..., :3].astype(np.int64)
+        return np.asarray(coded[..., 0] | (coded[..., 1] << 8) | (coded[..., 2] << 16))
