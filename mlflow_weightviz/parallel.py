@@ -33,6 +33,9 @@ import numpy as np
 
 __all__ = ["EncodedFrame", "FramePool", "LayerJob", "encode_range"]
 
+_PRELOAD = ("numpy", "PIL.Image", "PIL.GifImagePlugin", "matplotlib.figure", "matplotlib.backends.backend_agg",
+            "mlflow_weightviz.frames", "mlflow_weightviz.encoders", "mlflow_weightviz.parallel")
+
 #: Frames per task at most: large enough to amortise a task, small enough to balance workers.
 MAX_CHUNK = 8
 
@@ -192,8 +195,11 @@ class FramePool:
     """
 
     def __init__(self, workers: int, *, chunk: int | None = None) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context: Any = multiprocessing.get_context("spawn")
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            # The server imports these once; every worker forked from it starts with them loaded.
+            context.set_forkserver_preload(list(_PRELOAD))
         self.workers = workers
         self.chunk = chunk
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
@@ -205,6 +211,19 @@ class FramePool:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def peak_rss_mb(self) -> list[float]:
+        """Each live worker's peak resident memory in MiB (Linux; empty elsewhere)."""
+        out = []
+        for pid in list(getattr(self._pool, "_processes", {}) or {}):
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            out.append(int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return out
 
     def close(self) -> None:
         """Stop the workers, dropping work not started yet."""
