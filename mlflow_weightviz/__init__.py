@@ -33,7 +33,7 @@ if TYPE_CHECKING:
         WeightvizError,
     )
     from mlflow_weightviz.frames import HeatmapRenderer
-    from mlflow_weightviz.options import Pool, RenderOptions, Scale, View, WeightvizWarning
+    from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View, WeightvizWarning
     from mlflow_weightviz.pipeline import (
         LayerResult,
         LayerSummary,
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchReport",
+    "Format",
     "GifEncoder",
     "HeatmapRenderer",
     "KerasCallback",
@@ -104,6 +105,7 @@ _LOCATIONS = {
     "GifEncoder": "encoders",
     "frames_to_gif": "encoders",
     "HeatmapRenderer": "frames",
+    "Format": "options",
     "Pool": "options",
     "RenderOptions": "options",
     "Scale": "options",

@@ -192,3 +192,12 @@ def test_player_formats_values_like_python(tmp_path: Path, page: Any) -> None:
     assert mismatches == []
     specials = page.evaluate("() => [NaN, Infinity, -Infinity].map(x => window.weightviz.format(x))")
     assert specials == ["nan", "inf", "-inf"]
+
+
+def test_hover_names_the_block_of_a_pooled_cell(tmp_path: Path, page: Any) -> None:
+    path = write_player(tmp_path / "p.html", walk(2, (3, 3)), steps=[5, 6], block=(4, 4), matrix=(10, 9),
+                        row_labels=["r0", "r4", "r8"], col_labels=["c0", "c4", "c8"], note="pooled 10×9 → 3×3")
+    open_player(page, path)
+    page.mouse.move(*cell_point(page, 2, 1))
+    assert page.locator("#tip").text_content().splitlines()[0] == "row r8 (8–9)  ·  col c4 (4–7)"
+    assert "pooled 10×9 → 3×3" in page.locator("#note").text_content()

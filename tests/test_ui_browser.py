@@ -36,6 +36,9 @@ class Rendered:
     def artifact_url(self, name: str) -> str:
         return f"{self.url}/#/experiments/{self.experiment_id}/runs/{self.run_id}/artifacts/weightviz/{name}"
 
+    def run_url(self, tab: str) -> str:
+        return f"{self.url}/#/experiments/{self.experiment_id}/runs/{self.run_id}/{tab}"
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
@@ -56,7 +59,8 @@ def rendered(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFacto
     write_canonical(folder / "w", {"fc1.weight": training_series(len(STEPS), (6, 8), seed=4)}, STEPS)
     log_folder(run_id, folder / "w", uri=uri)
     result = wv.render_run(run_id, wv.RenderOptions(formats=("gif", "html", "mp4"), caption_metric="loss",
-                                                    row_label="out_", col_label="in_", fmt="{x:.4f}"),
+                                                    row_label="out_", col_label="in_", fmt="{x:.4f}",
+                                                    step_images=5),
                            tracking_uri=uri, output_dir=folder / "out")
     assert result.status == "rendered"
     return Rendered(uri, client.get_run(run_id).info.experiment_id, run_id, folder / "out")
@@ -148,3 +152,19 @@ def test_mp4_plays_in_the_artifact_view(page: Any, rendered: Rendered) -> None:
         pytest.skip(f"this chromium build cannot decode H.264 (media error {size[1]}); the MP4 itself is tested "
                     "in test_video.py")
     assert size == [width, height]
+
+
+def test_step_images_scrub_in_the_run_metrics_view(page: Any, rendered: Rendered, output_dir: Path) -> None:
+    page.goto(rendered.run_url("model-metrics"))
+    selector = "img[src*='weightviz~fc1.weight']"
+    page.locator(selector).first.wait_for(timeout=60_000)
+    assert "%2Bstep%2B0%2B" in page.locator(selector).first.get_attribute("src")  # opens at the first step
+    slider = page.locator("[role=slider]").first
+    assert slider.get_attribute("aria-valuemax") == "190"  # the chart's slider spans the logged steps
+    close_assistant(page)
+    slider.click()
+    for step in (50, 100, 150, 190):  # every 5th frame and the last were logged
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("([sel, step]) => document.querySelector(sel)?.src.includes(`%2Bstep%2B${step}%2B`)",
+                               arg=[selector, step], timeout=20_000)
+    page.screenshot(path=str(output_dir / "ui-step-images.png"))
