@@ -376,6 +376,10 @@ def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOpt
     ``file_name`` of each result is its first format's file and ``files`` lists all of them.
     """
     _check_cmap(options.cmap)
+    if Format.MP4 in options.formats:
+        from mlflow_weightviz.video import check_available
+
+        check_available()  # before any drawing: a missing imageio should not waste the render
     if options.grid:
         results = [_render_grid(layers, options, staging, workdir=workdir, progress=progress)]
     elif outputs.gif_needed(options):

@@ -20,7 +20,7 @@ import numpy as np
 
 from mlflow_weightviz.errors import MissingDependencyError, OutputError
 
-__all__ = ["Mp4Encoder", "gif_to_mp4"]
+__all__ = ["Mp4Encoder", "check_available", "gif_to_mp4"]
 
 _HINT = "pip install 'mlflow-weightviz[mp4]'"
 
@@ -33,6 +33,11 @@ def _imageio() -> Any:
         msg = f"MP4 output needs imageio and imageio-ffmpeg ({exc.name} is missing): {_HINT}"
         raise MissingDependencyError(msg) from None
     return iio
+
+
+def check_available() -> None:
+    """Raise :class:`MissingDependencyError`, with the pip command, when MP4 output cannot work."""
+    _imageio()
 
 
 class Mp4Encoder:

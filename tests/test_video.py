@@ -79,6 +79,14 @@ def test_missing_imageio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     assert info.value.exit_code == 7
 
 
+def test_missing_imageio_fails_before_drawing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_canonical(tmp_path / "w", {"fc1": training_series(3, (2, 3))}, [0, 1, 2])
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    with pytest.raises(MissingDependencyError, match="MP4 output needs imageio"):
+        wv.render_file(tmp_path / "w", wv.RenderOptions(formats=("gif", "mp4")), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_rendered_frames_undo_merged_repeats(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 255, (6, 3), dtype=np.uint8)  # few colours: the GIF palette holds them exactly
