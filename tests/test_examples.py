@@ -1,4 +1,9 @@
-"""Every script in examples/ runs as a user would run it, in a fresh folder, on MLflow's default store."""
+"""Every script in examples/ runs as a user would run it, in a fresh folder of its own.
+
+One training example runs on MLflow's default store (``sqlite:///mlflow.db`` in its
+folder, created there); the others honour ``MLFLOW_TRACKING_URI`` pointing at the real
+server, which spares each a fresh database.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +30,7 @@ NEEDS = {
     "lightning_mlp.py": ["lightning", "torch"],
     "hf_trainer.py": ["transformers", "accelerate", "torch"],
 }
+DEFAULT_STORE = "numpy_loop.py"
 
 
 def test_every_example_is_tested() -> None:
@@ -36,21 +43,22 @@ class Launched:
     cwd: Path
     proc: subprocess.Popen[str] | None
     missing: list[str]
+    tracking_uri: str | None
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launched]]:
+def launched(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> Iterator[dict[str, Launched]]:
     """Start every example at once (each in its own fresh folder): they spend much of their time waiting."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, in cwd
-    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    env.pop("KERAS_BACKEND", None)  # the Keras example chooses torch itself
+    base = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "KERAS_BACKEND"}}
+    base["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # (the Keras example picks its backend itself)
     out = {}
     for name in [*NEEDS, "pickle_render_file.py"]:
         cwd = tmp_path_factory.mktemp(name.removesuffix(".py"))
+        env = dict(base) if name == DEFAULT_STORE else dict(base, MLFLOW_TRACKING_URI=mlflow_server.url)
         missing = [pkg for pkg in NEEDS.get(name, []) if importlib.util.find_spec(pkg) is None]
         proc = None if missing else subprocess.Popen([sys.executable, str(EXAMPLES / name)], cwd=cwd, env=env,
                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out[name] = Launched(cwd, proc, missing)
+        out[name] = Launched(cwd, proc, missing, env.get("MLFLOW_TRACKING_URI"))
     yield out
     for item in out.values():
         if item.proc is not None and item.proc.poll() is None:
@@ -58,13 +66,13 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Lau
             item.proc.communicate()
 
 
-def run_example(launched: dict[str, Launched], name: str) -> tuple[Path, str]:
+def run_example(launched: dict[str, Launched], name: str) -> tuple[Launched, str]:
     item = launched[name]
     if item.proc is None:
         pytest.skip(f"{name} needs {', '.join(item.missing)}, which is not installed")
     stdout, stderr = item.proc.communicate(timeout=300)
     assert item.proc.returncode == 0, f"{name} failed:\n{stdout}\n{stderr[-4000:]}"
-    return item.cwd, stdout
+    return item, stdout
 
 
 def printed(stdout: str, key: str) -> str:
@@ -73,11 +81,14 @@ def printed(stdout: str, key: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NEEDS))
-def test_training_example_logs_snapshots_and_gifs_to_the_default_store(name: str,
-                                                                       launched: dict[str, Launched]) -> None:
-    cwd, stdout = run_example(launched, name)
-    uri = f"sqlite:///{cwd / 'mlflow.db'}"
-    assert (cwd / "mlflow.db").is_file()  # MLflow's default store, in the example's folder
+def test_training_example_logs_snapshots_and_gifs(name: str, launched: dict[str, Launched]) -> None:
+    item, stdout = run_example(launched, name)
+    if item.tracking_uri is None:  # MLflow's default store, made in the example's folder
+        assert (item.cwd / "mlflow.db").is_file()
+        uri = f"sqlite:///{item.cwd / 'mlflow.db'}"
+    else:  # MLFLOW_TRACKING_URI is honoured: nothing local
+        assert not (item.cwd / "mlflow.db").exists()
+        uri = item.tracking_uri
     run_id = printed(stdout, "run_id")
     chunks = artifact_files(run_id, "weights", uri)
     assert chunks
@@ -89,8 +100,8 @@ def test_training_example_logs_snapshots_and_gifs_to_the_default_store(name: str
 
 @pytest.mark.slow
 def test_pickle_example_renders_the_original_scripts_file(launched: dict[str, Launched]) -> None:
-    cwd, stdout = run_example(launched, "pickle_render_file.py")
+    item, stdout = run_example(launched, "pickle_render_file.py")
     assert "render-file animation_data.obj --allow-pickle --out training_weights.gif" in stdout
-    gif = read_gif(cwd / "training_weights.gif")
+    gif = read_gif(item.cwd / "training_weights.gif")
     assert gif.n_frames == 15
-    assert not (cwd / "mlflow.db").exists()  # no MLflow involved
+    assert not (item.cwd / "mlflow.db").exists()  # no MLflow involved

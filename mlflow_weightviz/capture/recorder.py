@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import warnings
-import weakref
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -261,7 +260,7 @@ class _Segment:
             _write_all(self._fd, np.asarray(step, _STEP_DTYPE).tobytes())
             for arr in arrays.values():
                 _write_all(self._fd, np.ascontiguousarray(arr).tobytes())
-        except OSError:
+        except BaseException:  # a full disk, or Ctrl-C halfway through a record
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.count * self.record_bytes)
             raise
@@ -332,7 +331,8 @@ def _copy_range(fd: int, offset: int, size: int, out: Any) -> None:
 
 # ----------------------------------------------------------------------- recorder
 
-_OPEN: weakref.WeakSet[Recorder] = weakref.WeakSet()
+# Open recorders, held strongly so that one dropped without close() is still flushed at exit.
+_OPEN: set[Recorder] = set()
 _ATEXIT_REGISTERED = False
 
 
@@ -449,9 +449,10 @@ class Recorder:
                 self.result = render_run(self.run_id, self.settings.options, source=self.settings.artifact_path,
                                          artifact_path=self.settings.render_artifact_path,
                                          tracking_uri=self.tracking_uri)
-        except WeightvizError as err:
+        except Exception as err:
             if exc is None:
                 raise
+            # Never hide the training error behind one of ours.
             warnings.warn(f"while training failed, mlflow-weightviz could not finish: {err}", WeightvizWarning,
                           stacklevel=2)
         return self.result
