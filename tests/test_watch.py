@@ -271,16 +271,19 @@ def test_sigterm_abandons_the_current_render_cleanly(server_uri: str, tmp_path: 
     assert "weightviz.fingerprint" not in run_tags
 
 
-def test_sigint_while_idle_stops_at_once(server_uri: str) -> None:
+def test_sigint_while_idle_stops_at_once(server_uri: str, tmp_path: Path) -> None:
     exp = f"idle-{uuid.uuid4().hex[:8]}"
-    make_run(server_uri, experiment=exp)
-    watcher = WatchProcess(server_uri, "-e", exp, "--interval", "300")
-    wait_until(lambda: watcher.saw("watching experiment"), what="the watcher to start")
-    time.sleep(2.0)  # the first poll is done; it is waiting for the next
+    run_id = snapshot_run(server_uri, exp, tmp_path)
+    watcher = WatchProcess(server_uri, "-e", exp, "--interval", "300", "--max-frames", "2")
+    wait_until(lambda: "weightviz.fingerprint" in tags(server_uri, run_id), what="the first poll's render")
+    time.sleep(1.0)  # the poll is over; the watcher waits for the next one
+    started = time.monotonic()
     watcher.proc.send_signal(signal.SIGINT)
-    code, _, err = watcher.wait(timeout=20)
+    code, out, err = watcher.wait(timeout=30)
     assert code == 0, err
-    assert "watch stopped by SIGINT after 1 poll(s): 1 no snapshots" in err
+    assert time.monotonic() - started < 10
+    assert f"rendered {run_id}" in out
+    assert "watch stopped by SIGINT after 1 poll(s): 1 rendered" in err
 
 
 def test_two_watchers_never_render_a_run_twice(server_uri: str, mlflow_server: MlflowServer,
