@@ -116,9 +116,12 @@ def release_pages(arr: np.ndarray) -> None:
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind == "c":
-        return np.asarray(np.abs(a), dtype=np.float64)
-    return np.asarray(a, dtype=np.float64)
+    # A signalling NaN (any bit pattern a file can hold) warns "invalid value" when cast;
+    # it stays NaN, which is all that matters here.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if a.dtype.kind == "c":
+            return np.asarray(np.abs(a), dtype=np.float64)
+        return np.asarray(a, dtype=np.float64)
 
 
 def _pool_band(block: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
@@ -275,7 +278,13 @@ def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
     return (lo, hi) if lo <= hi else None
 
 
+#: Colour scales are kept within ±this: near float64's limit (1.8e308) the colorbar's
+#: tick arithmetic overflows. Larger values still show their true value in the cell.
+SCALE_LIMIT = 1e300
+
+
 def _widen(lo: float, hi: float) -> tuple[float, float]:
+    lo, hi = max(-SCALE_LIMIT, min(lo, SCALE_LIMIT)), max(-SCALE_LIMIT, min(hi, SCALE_LIMIT))
     # A constant matrix still needs a non-empty scale.
     if lo < hi:
         return lo, hi
@@ -326,11 +335,14 @@ def choose_format(stack: np.ndarray, vmin: float, vmax: float) -> str:
             d = np.abs(np.diff(sample, axis=0))
         d = d[np.isfinite(d) & (d > 0)]
         if d.size:
-            change = float(np.median(d))
-    if change is None or change < magnitude * 1e-9:
+            # The middle element itself: np.median averages two, which overflows near 1.8e308.
+            change = float(np.partition(d, d.size // 2)[d.size // 2])
+    if change is None or not change >= magnitude * 1e-9:
         change = magnitude / 1000  # three significant digits when nothing moves
+    if not change > 0:  # magnitude near the smallest subnormal: 1/1000 of it is 0
+        change = magnitude
     if magnitude >= 1e5 or magnitude < 1e-4:
-        digits = min(6, max(1, math.ceil(math.log10(magnitude / change))))
+        digits = min(6, max(1, math.ceil(math.log10(max(1.0, magnitude / change)))))
         return f"{{x:.{digits}e}}"
     decimals = max(0, math.ceil(-math.log10(change)))
     if magnitude < 1:  # always show the leading significant digit

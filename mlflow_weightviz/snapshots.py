@@ -471,7 +471,11 @@ def _torch_state(path: Path) -> dict[str, Any]:
         raise SnapshotFormatError(msg)
     try:
         # Only the zip format (torch >= 1.6) can be memory-mapped; older files are read whole.
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with warnings.catch_warnings():
+            # torch's note about an unusual pickle protocol is noise here: the file is read
+            # safely either way, or refused with our own error.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise SnapshotFormatError(_torch_refusal(path.name, str(exc))) from None
     for key in ("state_dict", "model_state_dict"):  # Lightning / common checkpoint layouts

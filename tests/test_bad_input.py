@@ -280,6 +280,8 @@ RENDERS: dict[str, tuple[Callable[[Path], None], int]] = {
     "all_nan.npy": (stack_of(np.full((3, 3), np.nan), np.full((3, 3), np.nan)), 2),
     "inf_and_nan.npy": (stack_of(np.array([[np.inf, -np.inf], [np.nan, 1.0]]), np.array([[1.0, 2.0], [3, 4]])), 2),
     "scalar.npy": (lambda p: np.save(p, np.float32(3.5)), 1),
+    "float64_limits.npy": (stack_of(np.zeros((2, 2)), np.full((2, 2), np.finfo(np.float64).max),
+                                    np.full((2, 2), -np.finfo(np.float64).max)), 3),
 }
 
 

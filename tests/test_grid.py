@@ -179,3 +179,18 @@ def test_format_shows_the_change_between_frames() -> None:
     assert fmt.format(x=0.5) != fmt.format(x=0.5003)
     assert choose_format(np.array([[[1e30]], [[-1e30]]]), -1e30, 1e30).endswith("e}")
     assert choose_format(np.zeros((1, 2, 2)), -1.0, 1.0) == "{x:.3f}"
+
+
+def test_scale_and_format_survive_values_near_the_float64_limit(tmp_path: Path) -> None:
+    top = float(np.finfo(np.float64).max)
+    layer = prepared(tmp_path, [np.zeros((2, 2)), np.full((2, 2), 1e308), np.full((2, 2), top)])
+    assert 0.0 <= layer.vmin < layer.vmax <= 1e300  # the colorbar's tick arithmetic overflows beyond
+    assert layer.fmt.format(x=top) == "1.8e+308"
+    assert choose_format(np.array([[[5e-324]], [[0.0]]]), 0.0, 5e-324).endswith("e}")
+
+
+def test_signalling_nan_is_read_as_nan_without_a_warning() -> None:
+    snan = np.array([0x7FA00000, 0x3F800000], dtype=np.uint32).view(np.float32).reshape(1, 2)
+    grid, _ = to_grid(snan, max_rows=4, max_cols=4)  # filterwarnings=error would raise on a warning
+    assert math.isnan(grid[0, 0])
+    assert grid[0, 1] == 1.0
