@@ -257,9 +257,9 @@ class _Segment:
     def append(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Append one record; after a failed write the file is cut back, so records stay aligned."""
         try:
-            _write_all(self._fd, np.asarray(step, _STEP_DTYPE).tobytes())
+            _write_all(self._fd, memoryview(np.asarray(step, _STEP_DTYPE).tobytes()))
             for arr in arrays.values():
-                _write_all(self._fd, np.ascontiguousarray(arr).tobytes())
+                _write_all(self._fd, np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)  # no copy
         except BaseException:  # a full disk, or Ctrl-C halfway through a record
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.count * self.record_bytes)
@@ -312,8 +312,7 @@ class _Segment:
         self.path.unlink(missing_ok=True)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view):]
 
