@@ -569,7 +569,8 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
                      tracking_uri: str | None = None, page_size: int = 1000, stop: threading.Event | None = None,
                      on_start: Callable[[str, str], None] | None = None,
                      on_outcome: Callable[[RunOutcome], None] | None = None,
-                     on_error: Callable[[str], None] | None = None) -> WatchReport:
+                     on_error: Callable[[str], None] | None = None,
+                     on_watching: Callable[[str, str], None] | None = None) -> WatchReport:
     """Poll an experiment and render each FINISHED run with snapshots that is not rendered yet.
 
     Runs are rendered one at a time in this process (``options.workers`` draws the
@@ -595,6 +596,8 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
         on_start: Called as ``on_start(run_id, run_name)`` before a run is rendered.
         on_outcome: Called with each run's outcome (not for runs already handled).
         on_error: Called with a one-line message when a poll fails.
+        on_watching: Called as ``on_watching(experiment_id, experiment_name)`` once the
+            experiment has been found.
 
     Returns:
         What was done. Runs that are up to date or have no snapshots are remembered and
@@ -626,6 +629,8 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
         try:
             if not report.experiment_id:
                 report.experiment_id, report.experiment_name = _resolve_experiment(client, experiment)
+                if on_watching is not None:
+                    on_watching(report.experiment_id, report.experiment_name)
             full = last_complete is None or poll_start - last_full >= WATCH_FULL_PASS_S
             after = [t for t in (since_s, None if full else (last_complete or 0) - WATCH_OVERLAP_S) if t is not None]
             flt = _and(filter_string, "attributes.status = 'FINISHED'",

@@ -395,7 +395,7 @@ def watch(
 
         def started(run_id: str, name: str) -> None:
             if not quiet:
-                sys.stderr.write(f"rendering run {run_id} ({name})\n")
+                sys.stderr.write(f"looking at run {run_id} ({name})\n")
                 sys.stderr.flush()
 
         def finished(o: RunOutcome) -> None:
@@ -410,15 +410,18 @@ def watch(
             sys.stderr.write(f"watch: {_one_line(message)}\n")
             sys.stderr.flush()
 
+        def watching(experiment_id: str, name: str) -> None:
+            if not quiet:
+                sys.stderr.write(f"watching experiment {name} ({experiment_id}) every {interval:g} s "
+                                 "(Ctrl-C or SIGTERM stops)\n")
+                sys.stderr.flush()
+
         opts = options()
-        if not quiet:
-            sys.stderr.write(f"watching experiment {experiment} every {interval:g} s (Ctrl-C or SIGTERM stops)\n")
-            sys.stderr.flush()
         with stop_on_signals() as stop:
             report = watch_experiment(
                 experiment, opts, interval=interval, since=since, once=once, max_iterations=max_iterations,
                 filter_string=filter_string, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri,
-                stop=stop, on_start=started, on_outcome=finished, on_error=error)
+                stop=stop, on_start=started, on_outcome=finished, on_error=error, on_watching=watching)
         how = f"stopped by {report.stopped_by}" if report.stopped_by else "done"
         sys.stderr.write(f"watch {how} after {report.polls} poll(s): {_counts_line(report.counts())}\n")
         if report.failed:

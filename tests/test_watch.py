@@ -254,7 +254,7 @@ def test_sigterm_abandons_the_current_render_cleanly(server_uri: str, tmp_path: 
              steps=np.arange(steps))
     log_folder(run_id, folder, uri=server_uri)
     watcher = WatchProcess(server_uri, "-e", exp, "--interval", "60")
-    wait_until(lambda: watcher.saw(f"rendering run {run_id}"), what="the watcher to start rendering")
+    wait_until(lambda: watcher.saw(f"looking at run {run_id}"), what="the watcher to start rendering")
     time.sleep(0.5)
     started = time.monotonic()
     watcher.proc.send_signal(signal.SIGTERM)
