@@ -65,7 +65,8 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited early:\n{self.log.read_text()[-3000:]}")
+                msg = f"mlflow server exited early:\n{self.log.read_text()[-3000:]}"
+                raise RuntimeError(msg)
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -73,7 +74,8 @@ class MlflowServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"mlflow server did not answer within {timeout}s:\n{self.log.read_text()[-3000:]}")
+        msg = f"mlflow server did not answer within {timeout}s:\n{self.log.read_text()[-3000:]}"
+        raise RuntimeError(msg)
 
     def stop(self, kill: bool = False) -> None:
         import signal
