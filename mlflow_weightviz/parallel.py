@@ -14,14 +14,17 @@ writes the blocks in order, so:
 * memory stays flat: only a bounded number of chunks are in flight, and what comes back
   is compressed.
 
-Workers start with the ``forkserver`` method where there is one (else ``spawn``), so
-they never inherit the parent's threads; the worker functions are top-level functions.
+Workers are forked directly when the parent has no other threads (Linux), else started
+by the ``forkserver`` (which preloads numpy, Pillow and matplotlib) or ``spawn``, so they
+never inherit a parent's threads; the worker functions are top-level functions.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -195,8 +198,13 @@ class FramePool:
     """
 
     def __init__(self, workers: int, *, chunk: int | None = None) -> None:
+        methods = multiprocessing.get_all_start_methods()
         context: Any = multiprocessing.get_context("spawn")
-        if "forkserver" in multiprocessing.get_all_start_methods():
+        if "fork" in methods and threading.active_count() == 1 and sys.platform == "linux":
+            # A single-threaded parent forks safely, and its workers start at once with
+            # everything already imported.
+            context = multiprocessing.get_context("fork")
+        elif "forkserver" in methods:
             context = multiprocessing.get_context("forkserver")
             # The server imports these once; every worker forked from it starts with them loaded.
             context.set_forkserver_preload(list(_PRELOAD))
