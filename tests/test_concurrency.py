@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.claims import TAG_CLAIM, ClaimLostError, claim_run, parse_claim
+from tests.conftest import MlflowServer
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
 pytestmark = pytest.mark.server
@@ -33,7 +35,8 @@ def run_tags(uri: str, run_id: str) -> dict[str, str]:
     return dict(MlflowClient(uri).get_run(run_id).data.tags)
 
 
-def test_concurrent_render_processes_render_once(server_uri: str, tmp_path: Path) -> None:
+def test_concurrent_render_processes_render_once(server_uri: str, mlflow_server: MlflowServer,
+                                                 tmp_path: Path) -> None:
     run_id = snapshot_run(server_uri, tmp_path)
     env = dict(os.environ, MLFLOW_TRACKING_URI=server_uri)
     cmd = [sys.executable, "-m", "mlflow_weightviz", "render", run_id, "--max-frames", "3"]
@@ -48,6 +51,9 @@ def test_concurrent_render_processes_render_once(server_uri: str, tmp_path: Path
     for other in (o for o in outs if o not in rendered):
         assert "is being rendered by another process" in other or "is up to date" in other, other
     assert artifact_files(run_id, "weightviz", uri=server_uri) == ["weightviz/b.gif", "weightviz/fc.gif"]
+    log = mlflow_server.log.read_text()
+    for name in ("fc.gif", "b.gif"):  # the server saw each GIF uploaded once
+        assert len(re.findall(rf'"PUT [^"]*{run_id}/artifacts/weightviz/{re.escape(name)}', log)) == 1
     tags = run_tags(server_uri, run_id)
     assert TAG_CLAIM not in tags
     assert tags["weightviz.layers"] == '["b", "fc"]'
