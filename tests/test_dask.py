@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -93,14 +94,8 @@ def test_without_dask_installed_names_the_extra(server_uri: str) -> None:
     code = ("import sys; sys.modules['distributed'] = None; sys.argv[0] = 'mlflow-weightviz'; "
             "from mlflow_weightviz.cli import main; main()")
     proc = subprocess.run([sys.executable, "-c", code, "batch", "-e", exp, "--scheduler", "tcp://127.0.0.1:9"],
-                          capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": server_uri},
+                          capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": server_uri},
                           timeout=120, check=False)
     assert proc.returncode == 7
     assert proc.stderr.strip() == ("error: --scheduler needs Dask distributed: "
                                    "pip install 'mlflow-weightviz[dask]'")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
