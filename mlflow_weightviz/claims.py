@@ -15,7 +15,8 @@ checked, not trusted:
 5. after the GIFs and tags are logged the claim tag is deleted (only if still ours).
 
 A renderer that crashes leaves its claim behind; it expires after the lease, so the run
-is not blocked for ever. The remaining window (a claimer stalled between its read and
+is not blocked for ever, and at once for renderers on the same host, which can see that
+the owning process is gone. The remaining window (a claimer stalled between its read and
 its write for longer than the settle time) is covered by the backstop: artifact names
 are fixed and the tags are set after the artifacts, so a second render overwrites the
 same files with the same content and the tags stay consistent.
@@ -68,13 +69,36 @@ class ClaimInfo:
     expires_at: float
 
     def valid(self, now: float | None = None) -> bool:
-        """Whether the lease has not run out yet."""
-        return self.expires_at > (time.time() if now is None else now)
+        """Whether the lease has not run out and its owner may still be alive.
+
+        A claim made on this host by a process that no longer exists is void at once, so
+        a rerun after a crash does not wait out the lease.
+        """
+        if self.expires_at <= (time.time() if now is None else now):
+            return False
+        return not _dead_local_owner(self.owner)
 
     def describe(self) -> str:
         """``owner (until HH:MM:SS UTC)`` for messages."""
         until = time.strftime("%H:%M:%S", time.gmtime(self.expires_at))
         return f"{self.owner} (until {until} UTC)"
+
+
+def _dead_local_owner(owner: str) -> bool:
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
 
 
 def parse_claim(value: str | None) -> ClaimInfo | None:
