@@ -2,11 +2,14 @@
 
 The main process prepares each layer into a memory-mapped stack on disk (see
 :mod:`mlflow_weightviz.grid`) and describes it as a :class:`LayerJob`: the stack's path,
-the renderer's arguments, and every frame's title and colour scale. Workers take
-contiguous chunks of frames; each builds its own renderer once per layer, reads its
-frames from the stack by index, and returns finished GIF image blocks (quantized to the
-shared palette, cropped to the changed rectangle, LZW-compressed). The main process only
-writes the blocks in order, so:
+the renderer's arguments, and every frame's title and colour scale.
+
+With at least as many layers as workers, each worker writes whole layers' GIFs
+(:meth:`FramePool.write_layers`) with the single-process loop itself, so no renderer is
+built twice. Otherwise workers take contiguous chunks of frames; each builds its own
+renderer once per layer, reads its frames from the stack by index, and returns finished
+GIF image blocks (quantized to the shared palette, cropped to the changed rectangle,
+LZW-compressed). The main process only writes the blocks in order, so:
 
 * frames keep their order and the GIF is byte for byte the single-process one: every
   worker derives the same palette from frame 0, and a chunk is diffed against the frame
@@ -34,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EncodedFrame", "FramePool", "LayerJob", "encode_range"]
+__all__ = ["EncodedFrame", "FramePool", "GifSpec", "LayerJob", "encode_range", "write_layer"]
 
 _PRELOAD = ("numpy", "PIL.Image", "PIL.GifImagePlugin", "matplotlib.figure", "matplotlib.backends.backend_agg",
             "mlflow_weightviz.frames", "mlflow_weightviz.encoders", "mlflow_weightviz.parallel")
 
 #: Frames per task at most: large enough to amortise a task, small enough to balance workers.
-MAX_CHUNK = 8
+MAX_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,41 @@ def _tasks(job: LayerJob, start: int, stop: int) -> _Task:
                  job.titles[lo:stop], job.limits[lo:stop])
 
 
+@dataclass(frozen=True)
+class GifSpec:
+    """How a worker writes a whole layer's GIF: the file and the encoder's settings."""
+
+    path: str
+    frame_ms: int
+    hold_last_ms: int | None
+    loop: int | None
+
+
+def write_layer(job: LayerJob, gif: GifSpec) -> int:
+    """Draw every frame of a layer and write its GIF to ``gif.path``; returns the frame count.
+
+    This is the single-process loop itself (one renderer, frames streamed into
+    :class:`~mlflow_weightviz.encoders.GifEncoder`), so the bytes are the same wherever it runs.
+    """
+    from mlflow_weightviz.encoders import GifEncoder
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+    kwargs = dict(job.renderer)
+    grid = tuple(kwargs.pop("grid"))
+    renderer = HeatmapRenderer((int(grid[0]), int(grid[1])), **kwargs)
+    stack = np.load(job.stack_path, mmap_mode="r")
+    try:
+        with open(gif.path, "wb") as fh, GifEncoder(fh, frame_ms=gif.frame_ms, hold_last_ms=gif.hold_last_ms,
+                                                    loop=gif.loop, palette_colors=renderer.palette_colors()) as enc:
+            for i in range(job.frames):
+                frame = renderer.render(np.asarray(stack[i]), job.titles[i], job.limits[i], copy=False)
+                enc.add_frame(frame, renderer.changed_boxes)
+    finally:
+        renderer.close()
+        del stack
+    return job.frames
+
+
 def encode_range(job: LayerJob, start: int = 0, stop: int | None = None) -> list[EncodedFrame]:
     """Encode frames ``start .. stop - 1`` of a layer in this process, exactly as a worker does."""
     stop = job.frames if stop is None else stop
@@ -241,6 +279,30 @@ class FramePool:
         if self.chunk is not None:
             return max(1, self.chunk)
         return max(1, min(MAX_CHUNK, math.ceil(frames / (2 * self.workers))))
+
+    def write_layers(self, jobs: Iterable[tuple[LayerJob, GifSpec]]) -> Iterator[LayerJob]:
+        """Give each worker whole layers to write (:func:`write_layer`); yields each job when its GIF is done.
+
+        Used when there are at least as many layers as workers: no renderer is built twice
+        and nothing but the file name crosses between processes. ``jobs`` is read lazily,
+        at most one layer per worker ahead; jobs come back in the order given.
+        """
+        pending: deque[tuple[LayerJob, Future[int]]] = deque()
+        todo = iter(jobs)
+
+        def refill() -> None:
+            while len(pending) < self.workers:
+                item = next(todo, None)
+                if item is None:
+                    return
+                pending.append((item[0], self._pool.submit(write_layer, item[0], item[1])))
+
+        refill()
+        while pending:
+            job, future = pending.popleft()
+            future.result()
+            refill()
+            yield job
 
     def frames(self, jobs: Iterable[LayerJob]) -> Iterator[EncodedFrame]:
         """Every frame of every job, in order. ``jobs`` is read lazily, a layer ahead of the writer."""

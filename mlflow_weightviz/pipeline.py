@@ -307,20 +307,31 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
                             progress: ProgressCallback | None) -> list[LayerResult]:
     """:func:`render_layers` with frames drawn and encoded by ``options.workers`` processes.
 
-    Layers are prepared one ahead of the GIF being written, so preparing the next layer
-    overlaps drawing this one; the GIFs are byte for byte those of one process.
+    Whole layers go to workers while there are at least as many layers left as workers
+    (each worker writes its layers' GIFs itself); the remaining layers are split into
+    chunks of frames shared by all workers. Layers are prepared just ahead of the
+    workers, so preparing overlaps drawing; the GIFs are byte for byte those of one process.
     """
-    from mlflow_weightviz.parallel import FramePool, LayerJob
+    from mlflow_weightviz.parallel import FramePool, GifSpec, LayerJob
 
     prepared_by_key: dict[str, PreparedLayer] = {}
+    items = list(layers.items())
+    whole = len(items) - len(items) % options.workers if len(items) >= options.workers else 0
+    writing: set[Path] = set()
 
-    def jobs() -> Iterator[LayerJob]:
-        for layer, snaps in layers.items():
+    def jobs(part: Sequence[tuple[str, Sequence[Snapshot]]]) -> Iterator[LayerJob]:
+        for layer, snaps in part:
             prepared = prepare_layer(layer, snaps, options, workdir or staging)
             prepared_by_key[layer] = prepared
             yield LayerJob(layer, str(prepared.stack_path), _renderer_kwargs(prepared, options),
                            tuple(_title(prepared, options, i, step) for i, step in enumerate(prepared.steps)),
                            tuple(prepared.limits(i) for i in range(len(prepared.steps))))
+
+    def whole_layers() -> Iterator[tuple[LayerJob, GifSpec]]:
+        for job in jobs(items[:whole]):
+            path = staging / f"{names[job.key]}.gif"
+            writing.add(path)
+            yield job, GifSpec(str(path), options.frame_ms, options.hold_last_ms, options.loop)
 
     results: list[LayerResult] = []
     done = 0
@@ -329,7 +340,17 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
     target: Path | None = None
     try:
         with FramePool(options.workers) as pool:
-            for frame in pool.frames(jobs()):
+            for job in pool.write_layers(whole_layers()):
+                target = staging / f"{names[job.key]}.gif"
+                writing.discard(target)
+                done += job.frames
+                if progress is not None:
+                    progress(done, total)
+                prepared = prepared_by_key.pop(job.key)
+                prepared.stack_path.unlink(missing_ok=True)
+                results.append(LayerResult(job.key, job.frames, prepared.steps, prepared.info.shape,
+                                           prepared.info.grid, target.name))
+            for frame in pool.frames(jobs(items[whole:])):
                 if frame.index == 0:
                     target = staging / f"{names[frame.job.key]}.gif"
                     fh = target.open("wb")
@@ -363,6 +384,8 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
                 target.unlink(missing_ok=True)
         for prepared in prepared_by_key.values():
             prepared.stack_path.unlink(missing_ok=True)
+        for path in writing:  # GIFs whose worker did not finish
+            path.unlink(missing_ok=True)
     return results
 
 

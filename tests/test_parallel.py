@@ -14,9 +14,10 @@ from tests.helpers import read_gif
 def snapshot_folder(folder: Path, frames: int = 9, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     folder.mkdir()
-    fc1, fc2 = rng.uniform(0, 0.05, (4, 6)), rng.normal(0, 1, (3, 5))
+    fc1, fc2, out = rng.uniform(0, 0.05, (4, 6)), rng.normal(0, 1, (3, 5)), rng.normal(0, 1, (2, 2))
     for step in range(frames):
-        np.savez(folder / f"step_{step}.npz", fc1=fc1, fc2=fc2)
+        np.savez(folder / f"step_{step}.npz", fc1=fc1, fc2=fc2, out=out)
+        out = out + rng.normal(0, 0.1, out.shape)
         fc1 = np.clip(fc1 + rng.normal(0, 0.003, fc1.shape), 0, 0.05)
         fc2 = fc2 + rng.normal(0, 0.1, fc2.shape)
     return folder
@@ -26,8 +27,10 @@ def test_two_workers_write_the_same_bytes(tmp_path: Path) -> None:
     src = snapshot_folder(tmp_path / "w")
     one = wv.render_file(src, wv.RenderOptions(workers=1), output_dir=tmp_path / "one")
     two = wv.render_file(src, wv.RenderOptions(workers=2), output_dir=tmp_path / "two")
-    assert [r.layer for r in one.layers] == [r.layer for r in two.layers] == ["fc1", "fc2"]
-    for name in ("fc1.gif", "fc2.gif"):
+    # Three layers on two workers: two written whole by one worker each, the third split into chunks.
+    assert [r.layer for r in one.layers] == [r.layer for r in two.layers] == ["fc1", "fc2", "out"]
+    assert [r.frames for r in two.layers] == [9, 9, 9]
+    for name in ("fc1.gif", "fc2.gif", "out.gif"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     gif = read_gif(tmp_path / "two" / "fc2.gif")
     assert gif.n_frames == 9
