@@ -36,6 +36,7 @@ def test_benchmark_smoke_writes_its_report(tmp_path: Path) -> None:
         assert row["runs"]["ours w1"][0]["size"] == [1500, 1000]
         # Both worker counts wrote the same GIF.
         assert row["runs"]["ours w1"][0]["gif_bytes"] == row["runs"]["ours w2"][0]["gif_bytes"]
-    assert raw["downloads"]["seconds"]["sequential"] > 0
+    assert [d["server_workers"] for d in raw["downloads"]] == [1, 4]
+    assert all(d["seconds"]["sequential"] > 0 and d["seconds"]["project"] > 0 for d in raw["downloads"])
     assert not (REPO / "benchmarks" / "RESULTS.md").exists() or "SMOKE" not in (
         REPO / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
