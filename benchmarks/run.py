@@ -700,7 +700,9 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
     add("")
     add(f"(Uploading them took {d['upload_s']:.1f} s. Servers: sqlite backend, proxied artifacts, "
         "`MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`, on this same 2-core machine, so the server and the client "
-        "share the CPU and there is no network latency: a remote server gains more from parallel requests.)")
+        "share the CPU and there is no network latency. With one gunicorn worker the server handles one request "
+        "at a time and parallel requests only overlap the client's share; with several workers each request is "
+        "slower here (the workers and the client compete for 2 cores) and parallel requests win clearly.)")
     add("")
     # --- floor + profile
     add("## The floor: quantize + encode of frames already rendered")
@@ -747,8 +749,9 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
     add("Gone entirely compared with the original: the per-frame figure, heatmap and ~100–250 `Text` artists "
         "(one figure is built per layer and never redrawn in full), `tight_layout` (fixed pixel layout), the PNG "
         "encode and decode (frames stay numpy arrays), per-frame adaptive palettes (one shared palette), and "
-        "keeping every frame in memory (streamed). `--workers N` splits frames into chunks drawn and encoded "
-        "in N processes; the main process only writes blocks in order.")
+        "keeping every frame in memory (streamed). `--workers N`: while there are at least N layers left, each "
+        "worker writes whole layers' GIFs (no renderer built twice); otherwise frames are split into chunks drawn "
+        "and compressed in the workers, and the main process writes the blocks in order.")
     add("")
     return "\n".join(lines)
 
@@ -768,12 +771,18 @@ def main() -> None:
     p.add_argument("--shared", help="folder with seed_baseline.py and make_data.py (default ../shared/bench)")
     p.add_argument("--work", help="scratch folder (default: a new temporary folder)")
     p.add_argument("--keep-huge", action="store_true", help="keep the huge .npy for the next run")
+    p.add_argument("--from-json", help="only rewrite the report from a previous run's .json")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
         child_main(args.measure)
         return
     b = Bench(args)
+    out = Path(args.out) if args.out else (HERE / ".work" / "SMOKE.md" if args.smoke else HERE / "RESULTS.md")
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        out.write_text(report(b, res, float(res.get("elapsed_s", 0.0))) + "\n", encoding="utf-8")
+        return
     if not b.have_baseline:
         print(f"note: the original script is missing ({b.baseline}); its measurements are skipped", flush=True)
     t0 = time.perf_counter()
@@ -786,8 +795,8 @@ def main() -> None:
     res["floor_profile"] = b.floor_and_profile()
     res["downloads"] = b.downloads()
     elapsed = time.perf_counter() - t0
+    res["elapsed_s"] = elapsed
     text = report(b, res, elapsed)
-    out = Path(args.out) if args.out else (HERE / ".work" / "SMOKE.md" if args.smoke else HERE / "RESULTS.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n", encoding="utf-8")
     (out.with_suffix(".json")).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
