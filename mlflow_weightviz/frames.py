@@ -45,6 +45,12 @@ _LIGHT_TEXT = "#ffffff"
 _DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
 
 
+def _has_glyph_api() -> bool:
+    from matplotlib.ft2font import FT2Font
+
+    return all(hasattr(FT2Font, name) for name in ("_layout", "_render_glyph", "_set_transform"))
+
+
 def format_value(fmt: str, value: float) -> str:
     """Format one cell value; NaN and infinities read ``nan``, ``inf`` and ``-inf``."""
     if math.isnan(value):
@@ -105,7 +111,8 @@ class HeatmapRenderer:
         rows, cols = grid
         self.grid = grid
         self.fmt = fmt
-        self.reference = reference
+        # The fast path needs matplotlib's glyph-by-glyph text API (3.11+) and plain (non-math) texts.
+        self.reference = reference or "$" in fmt or not _has_glyph_api()
         font_pt = _FONT_PT if fontsize is None else float(fontsize)
         self._font_pt = font_pt
         samples = [format_value(fmt, v) for v in (vmin, vmax, -abs(vmax), -abs(vmin))] + ["-inf"]
@@ -192,7 +199,7 @@ class HeatmapRenderer:
         self._title = fig.text(0.5, 1 - 8 / height, "", ha="center", va="top", fontsize=_TITLE_PT)
         self._texts: list[Any] = []
         self._probe: Any = None
-        if self.annotated and reference:
+        if self.annotated and self.reference:
             self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=font_pt)
                            for i in range(rows) for j in range(cols)]
         elif self.annotated:  # the fast path only asks matplotlib where a value text would go

@@ -183,3 +183,14 @@ def test_changed_boxes_hold_every_changed_pixel(grid: tuple[int, int], kwargs: d
         before = after
     r.render(rng.uniform(0, 0.05, grid), "new scale", (0.0, 0.1))
     assert r.changed_boxes is None  # the colorbar was redrawn
+
+
+def test_math_text_formats_use_matplotlib_drawing(pair: list[HeatmapRenderer], tmp_path: Path) -> None:
+    # '$' makes matplotlib parse mathtext, which the glyph composition does not do: such a format is drawn
+    # by matplotlib itself, and still looks like the reference.
+    fast, ref = make((2, 2), fmt="${x:.2f}$"), make((2, 2), fmt="${x:.2f}$", reference=True)
+    pair += [fast, ref]
+    assert fast.reference
+    values = np.array([[0.01, 0.02], [0.03, 0.04]])
+    assert_same_look(roundtrip(fast.render(values, "m"), tmp_path / "a.png"),
+                     roundtrip(ref.render(values, "m"), tmp_path / "b.png"))
