@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -78,24 +78,39 @@ def build_palette(first: np.ndarray, seed: np.ndarray | None = None) -> np.ndarr
 
 
 class Quantizer:
-    """Maps RGB frames to indices of a fixed palette, without dithering (Pillow's nearest-colour map).
+    """Maps RGB frames to the indices of a fixed palette, exactly and without dithering.
+
+    Each pixel gets the palette entry nearest to it in RGB. Pillow's own palette mapping
+    looks colours up at 6 bits per channel, which bands smooth gradients (a colorbar) and
+    turns white into (252, 252, 252); here every distinct colour is matched once at full
+    precision and remembered in a 2**24-entry table (16 MiB, flat however many frames).
 
     Args:
-        table: The (256, 3) uint8 palette.
+        table: The (256, 3) uint8 palette; index :data:`TRANSPARENT` is never chosen.
     """
 
     def __init__(self, table: np.ndarray) -> None:
-        from PIL import Image
-
         self.table = np.asarray(table, np.uint8).reshape(256, 3)
-        self._image = Image.new("P", (1, 1))
-        self._image.putpalette(self.table.tobytes())
+        self._choices = self.table[:TRANSPARENT].astype(np.int32)
+        # TRANSPARENT doubles as "not looked up yet": it is never a pixel's answer.
+        self._lut = np.full(1 << 24, TRANSPARENT, np.uint8)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """The (H, W) uint8 palette indices of an (H, W, 3) uint8 frame."""
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(rgb).quantize(palette=self._image, dither=Image.Dither.NONE))
+        key = rgb[..., 0].astype(np.uint32) << 16
+        key |= rgb[..., 1].astype(np.uint32) << 8
+        key |= rgb[..., 2]
+        index = self._lut[key]
+        unknown = index == TRANSPARENT
+        if unknown.any():
+            new = np.unique(key[unknown])
+            colours = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.int32)
+            for start in range(0, len(new), 4096):  # bounded (4096 × 255) distance blocks
+                block = colours[start:start + 4096]
+                dist = ((block[:, None, :] - self._choices[None, :, :]) ** 2).sum(axis=2)
+                self._lut[new[start:start + 4096]] = dist.argmin(axis=1).astype(np.uint8)
+            index = self._lut[key]
+        return np.asarray(index)
 
 
 def changed_box(previous: np.ndarray | None, index: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -283,6 +298,10 @@ def frames_to_gif(frames: Iterable[Any], path: str | os.PathLike[str], *, frame_
     Frames stream through one at a time and the file appears only when complete
     (it is written to a temporary file beside ``path`` and then renamed). Needs no MLflow.
 
+    All frames share one palette. Without ``palette_colors`` it is taken from up to 16
+    evenly spaced frames when ``frames`` is a sequence, or, for a one-pass iterator, from
+    an even colour cube plus the first frame's own colours.
+
     Returns:
         The path written.
 
@@ -290,8 +309,42 @@ def frames_to_gif(frames: Iterable[Any], path: str | os.PathLike[str], *, frame_
         ValueError: No frames, or frames of different sizes.
         OutputError: The file cannot be written.
     """
+    if palette_colors is None:
+        palette_colors = _sampled_colours(frames) if isinstance(frames, Sequence) else _colour_cube()
     with atomic_file(Path(path)) as fh, GifEncoder(fh, frame_ms=frame_ms, hold_last_ms=hold_last_ms, loop=loop,
                                                    palette_colors=palette_colors) as gif:
         for frame in frames:
             gif.add_frame(frame)
     return Path(path)
+
+
+def _rgb(frame: Any) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame, np.uint8)
+
+
+def _sampled_colours(frames: Sequence[Any]) -> np.ndarray | None:
+    """Up to 200 representative colours of up to 16 evenly spaced frames."""
+    from PIL import Image
+
+    if not frames:
+        return None
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(frames) - 1, min(16, len(frames)))})
+    parts = []
+    for i in picks:
+        rgb = _rgb(frames[i])
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            return None  # add_frame reports the bad frame
+        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 65536)))  # ~64k pixels a frame
+        parts.append(rgb[::step, ::step].reshape(-1, 3))
+    sample = np.concatenate(parts)[None, :, :]
+    quant = Image.fromarray(np.ascontiguousarray(sample)).quantize(colors=200, method=Image.Quantize.FASTOCTREE)
+    used = len(quant.getcolors(256) or [])
+    return np.frombuffer(bytes(quant.getpalette() or b""), np.uint8).reshape(-1, 3)[:max(used, 1)].copy()
+
+
+def _colour_cube() -> np.ndarray:
+    """An even 5×6×5 RGB cube (150 colours): every colour has a near neighbour."""
+    r, g, b = np.meshgrid(np.linspace(0, 255, 5), np.linspace(0, 255, 6), np.linspace(0, 255, 5), indexing="ij")
+    return np.round(np.stack([r, g, b], axis=-1).reshape(-1, 3)).astype(np.uint8)

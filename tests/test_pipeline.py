@@ -399,11 +399,18 @@ def test_frames_to_gif_needs_no_mlflow(tmp_path: Path) -> None:
     assert_one_global_palette(tmp_path / "f.gif")
 
 
-@pytest.mark.xfail(strict=True, reason="encoders.py builds the shared palette from the first frame only, so "
-                   "later frames in colours the first lacks collapse onto it and are merged away (reported)")
 def test_frames_to_gif_keeps_frames_whose_colours_the_first_frame_lacks(tmp_path: Path) -> None:
     frames = [np.full((10, 12, 3), v, np.uint8) for v in (0, 80, 160, 240)]
     wv.frames_to_gif(frames, tmp_path / "f.gif", frame_ms=50, hold_last_ms=400)
     gif = read_gif(tmp_path / "f.gif")
     assert gif.n_frames == 4
     assert [int(f[0, 0, 0]) for f in gif.frames] == [0, 80, 160, 240]
+
+
+def test_frames_to_gif_from_a_one_pass_iterator_keeps_distinct_frames(tmp_path: Path) -> None:
+    colours = [(0, 0, 0), (200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    wv.frames_to_gif((np.full((10, 12, 3), c, np.uint8) for c in colours), tmp_path / "f.gif", frame_ms=50)
+    gif = read_gif(tmp_path / "f.gif")
+    assert gif.n_frames == 4
+    for frame, colour in zip(gif.frames, colours, strict=True):  # nearest cube colour: within one cube step
+        assert np.abs(frame[0, 0].astype(int) - colour).max() <= 32
