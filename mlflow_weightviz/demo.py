@@ -97,7 +97,9 @@ def run_demo(*, tracking_uri: str | None = None, steps: int = 300, every: int = 
     client.set_terminated(run_id, "FINISHED")
     local = Path(output_dir).resolve()
     result = render_run(run_id, tracking_uri=tracking_uri, output_dir=local, progress=progress)
-    first = result.artifact_paths[0] if result.artifact_paths else "weightviz"
+    # Point the URL at the largest layer's GIF: the most to look at.
+    main = max(result.layers, key=lambda r: r.grid[0] * r.grid[1], default=None)
+    first = main.artifact_path if main is not None and main.artifact_path else "weightviz"
     return DemoResult(
         run_id=run_id, experiment_id=experiment_id, artifact_paths=result.artifact_paths, local_dir=local,
         ui_command=f"mlflow ui --backend-store-uri {uri} --port 5000",
