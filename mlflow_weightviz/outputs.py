@@ -22,9 +22,26 @@ import numpy as np
 from mlflow_weightviz.grid import PreparedLayer
 from mlflow_weightviz.options import Format, RenderOptions
 
-__all__ = ["copy_extras", "gif_needed", "step_frames", "write_player", "write_videos"]
+__all__ = ["copy_extras", "gif_needed", "step_frames", "warn_if_too_big", "write_player", "write_videos"]
+
+#: The MLflow UI previews artifacts up to this size; larger files can only be downloaded.
+PREVIEW_LIMIT = 50 * 1024 * 1024
 
 TitleFn = Callable[[PreparedLayer, RenderOptions, int, int], str]
+
+
+def warn_if_too_big(files: Sequence[Path]) -> None:
+    """Warn about GIFs and videos the MLflow UI will not preview (the player warns for itself)."""
+    import warnings
+
+    from mlflow_weightviz.options import WeightvizWarning
+
+    for path in files:
+        size = path.stat().st_size if path.suffix != ".html" and path.is_file() else 0
+        if size > PREVIEW_LIMIT:
+            warnings.warn(f"{path.name} is {size / 2**20:.0f} MiB, over the MLflow UI's {PREVIEW_LIMIT // 2**20} MiB "
+                          "preview limit (it can only be downloaded); use --max-frames, --format mp4 or --format html",
+                          WeightvizWarning, stacklevel=3)
 
 
 def gif_needed(options: RenderOptions) -> bool:

@@ -234,6 +234,7 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
             for r in results:
                 (staging / f"{Path(r.file_name).stem}.gif").unlink(missing_ok=True)
         staged = {r.layer: staging / r.file_name for r in results}
+        outputs.warn_if_too_big([staging / f for r in results for f in r.files])
         local_paths = LocalSink(Path(out) if out is not None else None,
                                 Path(output_dir) if output_dir is not None else None).deliver(staged)
         outputs.copy_extras({f: staging / f for r in results for f in r.files if f != r.file_name},
