@@ -7,8 +7,8 @@ folder. Sinks then publish them: renamed into place locally, or logged to the ru
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -38,10 +38,8 @@ TAG_FINGERPRINT = TAG_PREFIX + "fingerprint"
 
 ProgressCallback = Callable[[int, int], None]
 
-#: The ``--caption-metric`` text of a step during the render in progress: set by
-#: :func:`_render_source`, read by :func:`_title` (titles are built in the main process).
-_CAPTION: contextvars.ContextVar[Callable[[int], str] | None] = contextvars.ContextVar("weightviz_caption",
-                                                                                        default=None)
+#: The ``--caption-metric`` line of a frame, by step.
+Caption = Callable[[int], str]
 
 
 @dataclass(frozen=True)
@@ -223,11 +221,7 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
             raise UsageError(msg)
         staging = workdir / "out"
         staging.mkdir()
-        token = _CAPTION.set(caption)
-        try:
-            results = _render_outputs(layers, options, staging, workdir=workdir, progress=progress)
-        finally:
-            _CAPTION.reset(token)
+        results = _render_outputs(layers, options, staging, workdir=workdir, progress=progress, caption=caption)
         if run_sink is not None and options.step_images is not None:
             _log_step_images(run_sink, results, staging, options)
         if Format.GIF not in options.formats:  # drawn only as the source of the MP4s or step images
@@ -260,7 +254,8 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
 
 
 def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
-                  workdir: Path | None = None, progress: ProgressCallback | None = None) -> list[LayerResult]:
+                  workdir: Path | None = None, progress: ProgressCallback | None = None,
+                  caption: Caption | None = None) -> list[LayerResult]:
     """Render each layer's snapshots to ``staging/<safe layer name>.gif``.
 
     Each layer is prepared (loaded, reshaped, pooled, scaled) into a stack on disk, then
@@ -270,12 +265,13 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
     names = unique_names(layers)
     total = sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
     if options.workers > 1 and total > options.workers:
-        return _render_layers_parallel(layers, options, staging, names, total, workdir=workdir, progress=progress)
+        return _render_layers_parallel(layers, options, staging, names, total, workdir=workdir, progress=progress,
+                                       caption=caption)
     done = 0
     results = []
     for layer, snaps in layers.items():
         prepared = prepare_layer(layer, snaps, options, workdir or staging)
-        renderer = _renderer_for(prepared, options)
+        renderer = _renderer_for(prepared, options, caption)
         target = staging / f"{names[layer]}.gif"
         stack = prepared.stack()
         count = len(prepared.steps)
@@ -284,7 +280,7 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
                                                       loop=options.loop,
                                                       palette_colors=renderer.palette_colors()) as gif:
                 for i, step in enumerate(prepared.steps):
-                    frame = renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step),
+                    frame = renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step, caption),
                                             prepared.limits(i), copy=False)
                     gif.add_frame(frame, renderer.changed_boxes)
                     done += 1
@@ -305,7 +301,7 @@ def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptio
 
 def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path,
                             names: Mapping[str, str], total: int, *, workdir: Path | None,
-                            progress: ProgressCallback | None) -> list[LayerResult]:
+                            progress: ProgressCallback | None, caption: Caption | None) -> list[LayerResult]:
     """:func:`render_layers` with frames drawn and encoded by ``options.workers`` processes.
 
     Whole layers go to workers while there are at least as many layers left as workers
@@ -324,8 +320,8 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
         for layer, snaps in part:
             prepared = prepare_layer(layer, snaps, options, workdir or staging)
             prepared_by_key[layer] = prepared
-            yield LayerJob(layer, str(prepared.stack_path), _renderer_kwargs(prepared, options),
-                           tuple(_title(prepared, options, i, step) for i, step in enumerate(prepared.steps)),
+            yield LayerJob(layer, str(prepared.stack_path), _renderer_kwargs(prepared, options, caption),
+                           tuple(_title(prepared, options, i, step, caption) for i, step in enumerate(prepared.steps)),
                            tuple(prepared.limits(i) for i in range(len(prepared.steps))))
 
     def whole_layers() -> Iterator[tuple[LayerJob, GifSpec]]:
@@ -394,7 +390,7 @@ def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: R
 
 
 def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
-                    workdir: Path, progress: ProgressCallback | None) -> list[LayerResult]:
+                    workdir: Path, progress: ProgressCallback | None, caption: Caption | None) -> list[LayerResult]:
     """Every requested file into ``staging``: the GIFs (or the grid GIF), then the other formats.
 
     ``file_name`` of each result is its first format's file and ``files`` lists all of them.
@@ -405,9 +401,9 @@ def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOpt
 
         check_available()  # before any drawing: a missing imageio should not waste the render
     if options.grid:
-        results = [_render_grid(layers, options, staging, workdir=workdir, progress=progress)]
+        results = [_render_grid(layers, options, staging, workdir=workdir, progress=progress, caption=caption)]
     elif outputs.gif_needed(options):
-        results = render_layers(layers, options, staging, workdir=workdir, progress=progress)
+        results = render_layers(layers, options, staging, workdir=workdir, progress=progress, caption=caption)
     else:
         results = []
     by_layer = {r.layer: r for r in results}
@@ -416,8 +412,9 @@ def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOpt
         for layer, snaps in layers.items():
             prepared = prepare_layer(layer, snaps, options, workdir)
             try:
-                outputs.write_player(prepared, options, staging / f"{names[layer]}.html", title=_title,
-                                     renderer_kwargs=_renderer_kwargs(prepared, options))
+                outputs.write_player(prepared, options, staging / f"{names[layer]}.html",
+                                     title=functools.partial(_title, caption=caption),
+                                     renderer_kwargs=_renderer_kwargs(prepared, options, caption))
             finally:
                 prepared.stack_path.unlink(missing_ok=True)
             by_layer.setdefault(layer, LayerResult(layer, len(prepared.steps), prepared.steps, prepared.info.shape,
@@ -432,12 +429,12 @@ def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOpt
 
 
 def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
-                 workdir: Path, progress: ProgressCallback | None) -> LayerResult:
+                 workdir: Path, progress: ProgressCallback | None, caption: Caption | None) -> LayerResult:
     from mlflow_weightviz.montage import render_grid
 
     target = staging / "grid.gif"
     grid = render_grid(layers, options, target, workdir=workdir,
-                       make_renderer=lambda prepared: _renderer_for(prepared, options), caption=_CAPTION.get(),
+                       make_renderer=lambda prepared: _renderer_for(prepared, options, caption), caption=caption,
                        progress=progress)
     return LayerResult("grid", len(grid.steps), grid.steps, (len(grid.layers),), grid.panels, target.name)
 
@@ -463,19 +460,18 @@ def _check_cmap(name: str | None) -> None:
         raise UsageError(msg)
 
 
-def _renderer_for(prepared: PreparedLayer, options: RenderOptions) -> HeatmapRenderer:
-    kwargs = _renderer_kwargs(prepared, options)
+def _renderer_for(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> HeatmapRenderer:
+    kwargs = _renderer_kwargs(prepared, options, caption)
     return HeatmapRenderer(kwargs.pop("grid"), **kwargs)
 
 
-def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions) -> dict[str, Any]:
+def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> dict[str, Any]:
     """The renderer's arguments (``grid`` included) as plain values, so worker processes can build it."""
     rows, cols = prepared.info.grid
     br, bc = prepared.info.block
     cmap = options.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
     last = len(prepared.steps)
     sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
-    caption = _CAPTION.get()
     if caption is not None:  # size the figure for this layer's longest caption
         sample = sample.rsplit("\n", 1)[0] + "\n" + max((caption(s) for s in prepared.steps), key=len)
     return {"grid": prepared.info.grid, "cmap": cmap, "vmin": prepared.vmin, "vmax": prepared.vmax,
@@ -485,7 +481,8 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions) -> dict[st
             "title_sample": sample, "dpi": options.dpi}
 
 
-def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int) -> str:
+def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,
+           caption: Caption | None = None) -> str:
     head = f"{prepared.name}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
     notes = [prepared.info.note()]
     if options.view is View.DELTA_INIT:
@@ -494,7 +491,6 @@ def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: in
         notes.append("change since the previous frame")
     note = "; ".join(n for n in notes if n)
     lines = [head, note] if note else [head]
-    caption = _CAPTION.get()
     if caption is not None:
         lines.append(caption(step))
     return "\n".join(lines)
