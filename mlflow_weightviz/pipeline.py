@@ -222,11 +222,14 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         staging = workdir / "out"
         staging.mkdir()
         results = _render_outputs(layers, options, staging, workdir=workdir, progress=progress, caption=caption)
-        if run_sink is not None and options.step_images is not None:
-            _log_step_images(run_sink, results, staging, options)
+        gifs = staging
         if Format.GIF not in options.formats:  # drawn only as the source of the MP4s or step images
+            gifs = workdir / "gifs"
+            gifs.mkdir()
             for r in results:
-                (staging / f"{Path(r.file_name).stem}.gif").unlink(missing_ok=True)
+                drawn = staging / f"{Path(r.file_name).stem}.gif"
+                if drawn.exists():
+                    drawn.rename(gifs / drawn.name)
         staged = {r.layer: staging / r.file_name for r in results}
         outputs.warn_if_too_big([staging / f for r in results for f in r.files])
         local_paths = LocalSink(Path(out) if out is not None else None,
@@ -245,6 +248,8 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                 TAG_PREFIX + "status": "rendered",
             })
             artifact_paths = run_sink.deliver(staging, tags)
+            if options.step_images is not None:  # after deliver, which confirmed the claim is still ours
+                _log_step_images(run_sink, results, gifs, options)
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
                         artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,
@@ -439,13 +444,13 @@ def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOption
     return LayerResult("grid", len(grid.steps), grid.steps, (len(grid.layers),), grid.panels, target.name)
 
 
-def _log_step_images(sink: RunSink, results: Sequence[LayerResult], staging: Path, options: RenderOptions) -> None:
+def _log_step_images(sink: RunSink, results: Sequence[LayerResult], gifs: Path, options: RenderOptions) -> None:
     from mlflow_weightviz.sinks import image_key
 
     assert options.step_images is not None
     for r in results:
         stem = Path(r.file_name).stem
-        sink.log_step_images(image_key(stem), outputs.step_frames(staging / f"{stem}.gif", r.steps,
+        sink.log_step_images(image_key(stem), outputs.step_frames(gifs / f"{stem}.gif", r.steps,
                                                                   frame_ms=options.frame_ms,
                                                                   every=options.step_images))
 

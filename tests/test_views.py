@@ -163,6 +163,16 @@ def test_step_images_every_kth_frame_with_its_step(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(image.convert("RGB")), gif.frames[4])  # step 8 is frame 4
 
 
+def test_step_images_without_a_gif_format_log_images_but_no_gif(tmp_path: Path) -> None:
+    run_id = make_run()
+    write_canonical(tmp_path / "w", {"fc1": training_series(3, (2, 3))}, [0, 1, 2])
+    log_folder(run_id, tmp_path / "w")
+    wv.render_run(run_id, wv.RenderOptions(step_images=1, formats=("html",)))
+    steps = sorted(int(m["step"]) for p in artifact_files(run_id, "images") if (m := _IMAGE.match(p)))
+    assert steps == [0, 1, 2]
+    assert artifact_files(run_id, "weightviz") == ["weightviz/fc1.html"]
+
+
 def test_step_images_need_a_run_to_log_to(tmp_path: Path) -> None:
     run_id = make_run()
     with pytest.raises(wv.UsageError, match="cannot be used with --no-log"):
