@@ -12,10 +12,14 @@ from typing import IO
 from mlflow_weightviz.errors import OutputError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: setting the umask later would race with threads creating files.
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -31,7 +35,7 @@ def atomic_file(target: Path) -> Iterator[IO[bytes]]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             yield fh
         os.replace(tmp, target)

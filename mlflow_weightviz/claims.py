@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,10 +200,11 @@ class Claim:
 class _GuardedSink(RunSink):
     claim: Claim | None = None
 
-    def deliver(self, staged_dir: Path, tags: Mapping[str, str]) -> list[str]:
+    def deliver(self, staged_dir: Path, tags: Mapping[str, str],
+                then: Callable[[], object] | None = None) -> list[str]:
         if self.claim is not None:
             self.claim.confirm()
-        return super().deliver(staged_dir, tags)
+        return super().deliver(staged_dir, tags, then)
 
 
 @contextlib.contextmanager

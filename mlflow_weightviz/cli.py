@@ -190,8 +190,9 @@ def _report(result: Any) -> None:
     if result.status == "up_to_date":
         typer.echo(f"run {result.run_id} is up to date: its GIFs match these snapshots and options "
                    "(--force renders again)")
-        return
-    if result.status == "claimed":
+        if not result.layers:  # local copies, when asked for, are listed below
+            return
+    elif result.status == "claimed":
         typer.echo(f"run {result.run_id} is being rendered by another process "
                    f"({result.claimed_by or 'claim tag weightviz.claim'}); nothing done here")
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +93,11 @@ def run_demo(*, tracking_uri: str | None = None, steps: int = 300, every: int = 
             for i in range(0, len(metrics), 500):
                 client.log_batch(run_id, metrics=metrics[i:i + 500])
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        with contextlib.suppress(Exception):  # keep the original error
+            client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    with _tracking.translate("finishing the demo run", writing=True):
+        client.set_terminated(run_id, "FINISHED")
     local = Path(output_dir).resolve()
     result = render_run(run_id, tracking_uri=tracking_uri, output_dir=local, progress=progress)
     # Point the URL at the largest layer's GIF: the most to look at.

@@ -14,7 +14,7 @@ import mmap
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,8 +171,7 @@ class PreparedLayer:
         return self.frame_limits[index] if self.frame_limits is not None else (self.vmin, self.vmax)
 
 
-def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptions, workdir: Path,
-                  progress: Callable[[], None] | None = None) -> PreparedLayer:
+def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptions, workdir: Path) -> PreparedLayer:
     """Load, reshape and pool every sampled snapshot of a layer into a stack on disk.
 
     Raises:
@@ -219,8 +218,6 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
             else:
                 shown = values
             stack[i] = shown
-            if progress is not None:
-                progress()
     except BaseException:
         del stack
         stack_path.unlink(missing_ok=True)
@@ -283,11 +280,16 @@ def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
 SCALE_LIMIT = 1e300
 
 
-def _widen(lo: float, hi: float) -> tuple[float, float]:
+def _widen(lo: float, hi: float, *, fixed_lo: bool = False, fixed_hi: bool = False) -> tuple[float, float]:
     lo, hi = max(-SCALE_LIMIT, min(lo, SCALE_LIMIT)), max(-SCALE_LIMIT, min(hi, SCALE_LIMIT))
-    # A constant matrix still needs a non-empty scale.
     if lo < hi:
         return lo, hi
+    # A constant matrix, or one fixed end past all the data, still needs a non-empty scale
+    # that keeps the end the user fixed.
+    if fixed_lo and not fixed_hi:
+        return lo, lo + (abs(lo) * 0.1 or 1.0)
+    if fixed_hi and not fixed_lo:
+        return hi - (abs(hi) * 0.1 or 1.0), hi
     pad = abs(lo) * 0.1 or 1.0
     return lo - pad, hi + pad
 
@@ -307,7 +309,8 @@ def _colour_scale(stack: np.ndarray, options: RenderOptions) -> tuple[
     if diverging and options.vmin is None and options.vmax is None:
         m = max(abs(lo), abs(hi)) or 1.0
         lo, hi = -m, m
-    lo, hi = _widen(lo, hi)
+    fixed = {"fixed_lo": options.vmin is not None, "fixed_hi": options.vmax is not None}
+    lo, hi = _widen(lo, hi, **fixed)
     frame_limits = None
     if options.scale is Scale.FRAME:
         limits = []
@@ -318,7 +321,7 @@ def _colour_scale(stack: np.ndarray, options: RenderOptions) -> tuple[
             if diverging and options.vmin is None and options.vmax is None:
                 m = max(abs(flo), abs(fhi)) or 1.0
                 flo, fhi = -m, m
-            limits.append(_widen(flo, fhi))
+            limits.append(_widen(flo, fhi, **fixed))
         frame_limits = tuple(limits)
     return lo, hi, frame_limits, diverging
 

@@ -150,7 +150,7 @@ class RenderOptions:
         if self.fmt is not None:
             try:
                 self.fmt.format(x=0.5)
-            except (KeyError, IndexError, ValueError) as exc:
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
                 msg = f"fmt must be a format pattern using {{x}}, such as '{{x:.3f}}'; got {self.fmt!r} ({exc})"
                 raise UsageError(msg) from None
         for name in ("max_rows", "max_cols", "dpi", "workers"):

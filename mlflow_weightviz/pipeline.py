@@ -130,7 +130,11 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     src = RunSource(client, run.info.run_id, source)
     fingerprint = _fingerprint(src, options, source=source, artifact_path=artifact_path)
     if log and not force and run.data.tags.get(TAG_FINGERPRINT) == fingerprint:
-        return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
+        if out is None and output_dir is None:
+            return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
+        # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
+        local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress)
+        return RenderResult("up_to_date", local.layers, run_id, fingerprint)
     # One renderer per run at a time (see claims.py); local-only renders need no claim.
     with claims.claim_run(client, run_id, enabled=log) as claim:
         if log and not force and claim.tags.get(TAG_FINGERPRINT) == fingerprint:
@@ -247,9 +251,10 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                 TAG_PREFIX + "version": __version__,
                 TAG_PREFIX + "status": "rendered",
             })
-            artifact_paths = run_sink.deliver(staging, tags)
-            if options.step_images is not None:  # after deliver, which confirmed the claim is still ours
-                _log_step_images(run_sink, results, gifs, options)
+            # Step images go after the claim check and the GIFs, before the final tags.
+            step_images = (functools.partial(_log_step_images, run_sink, results, gifs, options)
+                           if options.step_images is not None else None)
+            artifact_paths = run_sink.deliver(staging, tags, then=step_images)
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
                         artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,7 +81,8 @@ class LocalSink:
         written: dict[str, Path] = {}
         for layer, src in staged.items():
             if self.out is not None:
-                target = self.out
+                # --out names the file; its extension follows the format written (fc1.gif → fc1.html).
+                target = self.out if self.out.suffix == src.suffix else self.out.with_suffix(src.suffix)
             elif self.output_dir is not None:
                 target = self.output_dir / src.name
             else:
@@ -104,16 +105,21 @@ class RunSink:
     run_id: str
     artifact_path: str = "weightviz"
 
-    def deliver(self, staged_dir: Path, tags: Mapping[str, str]) -> list[str]:
+    def deliver(self, staged_dir: Path, tags: Mapping[str, str],
+                then: Callable[[], object] | None = None) -> list[str]:
         """Log every file of ``staged_dir`` in one call, then set ``tags``; returns artifact paths.
 
         The run is marked as being logged to (:data:`PENDING_TAGS`) first, and ``tags``
-        (with the new fingerprint) are set only after every file is logged.
+        (with the new fingerprint) are set only after every file is logged and ``then``
+        (more logging, such as step images) has run, so an interrupted delivery never
+        leaves the run looking up to date.
         """
         names = sorted(p.name for p in staged_dir.iterdir() if p.is_file())
         self.set_tags(PENDING_TAGS)
         with _tracking.translate(f"logging results to run {self.run_id}", writing=True):
             self.client.log_artifacts(self.run_id, os.fspath(staged_dir), self.artifact_path)
+        if then is not None:
+            then()
         self.set_tags(tags)
         return [f"{self.artifact_path}/{n}" if self.artifact_path else n for n in names]
 

@@ -183,7 +183,7 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
         msg = f"{origin}: the file is empty (0 bytes); expected a {_KIND_NAMES[kind]} file"
         raise SnapshotFormatError(msg)
     step = step_from_name(path.name)
-    if step is None:  # mlflow autolog: checkpoints/epoch_3/checkpoint.pth
+    if step is None and kind == "torch":  # mlflow autolog: checkpoints/epoch_3/checkpoint.pth
         for part in reversed(Path(rel_dir).parts):
             step = step_from_name(part + ".x")
             if step is not None:
@@ -198,7 +198,8 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
             except zipfile.BadZipFile as exc:
                 msg = f"{origin}: not a readable .npz (zip) archive, perhaps truncated ({_describe(exc)})"
                 raise SnapshotFormatError(msg) from exc
-            return _arrange(refs, step=step, origin=origin, stack_first=strict)
+            # A step number in the name wins: step_10.npz of conv kernels is one step, not a stack.
+            return _arrange(refs, step=step, origin=origin, stack_first=strict and step is None)
         if kind == "safetensors":
             return _arrange(_safetensors_refs(path), step=step, origin=origin)
         if kind == "torch":

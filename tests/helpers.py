@@ -97,3 +97,51 @@ def artifact_files(run_id: str, path: str = "", uri: str | None = None) -> list[
         for info in client.list_artifacts(run_id, stack.pop() or None):
             (stack.append if info.is_dir else out.append)(info.path)
     return sorted(out)
+
+
+def run_isolated(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300) -> Cli:
+    """Run the CLI with its own TMPDIR and check that it leaves nothing in it."""
+    tmpdir = cwd / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    cli = run_cli(*args, cwd=cwd, env={"TMPDIR": str(tmpdir), **(env or {})}, timeout=timeout)
+    left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")]
+    assert left == [], f"temporary files left behind: {left}"
+    return cli
+
+
+def assert_one_line_error(cli: Cli, code: int, *fragments: str) -> str:
+    """The CLI failed with ``code`` and exactly one ``error:`` line holding every fragment; no traceback."""
+    assert cli.code == code, (cli.code, cli.stdout, cli.stderr[-2000:])
+    lines = cli.stderr.strip().splitlines()
+    assert len(lines) == 1, cli.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in cli.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def gif_blocks(data: bytes) -> tuple[bool, list[bool]]:
+    """Walk a GIF's blocks: whether it has a global colour table, and for every image whether it has its own."""
+    assert data[:6] in (b"GIF87a", b"GIF89a")
+    flags = data[10]
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    local: list[bool] = []
+
+    def skip_sub_blocks(p: int) -> int:
+        while data[p]:
+            p += data[p] + 1
+        return p + 1
+
+    while data[pos] != 0x3B:
+        if data[pos] == 0x21:  # extension: label, then sub-blocks
+            pos = skip_sub_blocks(pos + 2)
+        elif data[pos] == 0x2C:  # image descriptor
+            packed = data[pos + 9]
+            local.append(bool(packed & 0x80))
+            pos += 10 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0)
+            pos = skip_sub_blocks(pos + 1)  # LZW minimum code size, then data
+        else:
+            msg = f"unexpected GIF block {data[pos]:#x} at {pos}"
+            raise AssertionError(msg)
+    return bool(flags & 0x80), local

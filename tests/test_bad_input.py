@@ -21,29 +21,16 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import Cli, artifact_files, log_folder, make_run, read_gif, run_cli
+from tests.helpers import (
+    artifact_files,
+    assert_one_line_error,
+    log_folder,
+    make_run,
+    read_gif,
+    run_isolated,
+)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,110}\.gif$")
-
-
-def run_isolated(*args: str, cwd: Path, timeout: float = 300) -> Cli:
-    """Run the CLI with a fresh TMPDIR and check that it leaves nothing in it."""
-    tmpdir = cwd / "tmpdir"
-    tmpdir.mkdir()
-    cli = run_cli(*args, cwd=cwd, env={"TMPDIR": str(tmpdir)}, timeout=timeout)
-    left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")]
-    assert left == [], f"temporary files left behind: {left}"
-    tmpdir.rmdir()
-    return cli
-
-
-def assert_one_line_error(cli: Cli, code: int, fragment: str) -> None:
-    assert cli.code == code, (cli.code, cli.stdout, cli.stderr[-2000:])
-    lines = cli.stderr.strip().splitlines()
-    assert len(lines) == 1, cli.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in cli.stderr
-    assert fragment in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------------- file writers

@@ -12,18 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
-from tests.helpers import Cli, artifact_files, log_folder, make_run, read_gif, run_cli, training_series, write_canonical
-
-
-def assert_one_line_error(cli: Cli, code: int, *fragments: str) -> str:
-    assert cli.code == code, (cli.code, cli.stderr[-2000:])
-    lines = cli.stderr.strip().splitlines()
-    assert len(lines) == 1, cli.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in cli.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
+from tests.helpers import (
+    artifact_files,
+    assert_one_line_error,
+    log_folder,
+    make_run,
+    read_gif,
+    run_cli,
+    training_series,
+    write_canonical,
+)
 
 
 def assert_nothing_logged(run_id: str) -> None:

@@ -19,7 +19,7 @@ from mlflow_weightviz.encoders import (
     encode_image,
     frames_to_gif,
 )
-from tests.helpers import read_gif
+from tests.helpers import gif_blocks, read_gif
 
 
 def heat_frames(count: int, size: tuple[int, int] = (48, 64), seed: int = 0) -> list[np.ndarray]:
@@ -36,30 +36,6 @@ def heat_frames(count: int, size: tuple[int, int] = (48, 64), seed: int = 0) -> 
     return out
 
 
-def local_colour_tables(data: bytes) -> list[bool]:
-    """Walk the GIF's blocks: for every image, whether it brings its own colour table."""
-    assert data[:6] == b"GIF89a"
-    flags = data[10]
-    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
-    found = []
-
-    def skip_sub_blocks(p: int) -> int:
-        while data[p]:
-            p += data[p] + 1
-        return p + 1
-
-    while data[pos] != 0x3B:
-        if data[pos] == 0x21:  # extension: label, then sub-blocks
-            pos = skip_sub_blocks(pos + 2)
-        else:
-            assert data[pos] == 0x2C
-            local = bool(data[pos + 9] & 0x80)
-            found.append(local)
-            pos += 10 + (3 * 2 ** ((data[pos + 9] & 7) + 1) if local else 0)
-            pos = skip_sub_blocks(pos + 1)  # LZW minimum code size, then data
-    return found
-
-
 def test_gif_reads_back_with_shared_palette_and_delays(tmp_path: Path) -> None:
     frames = heat_frames(5)
     frames.insert(3, frames[2].copy())  # an identical frame is merged into the one before
@@ -68,7 +44,7 @@ def test_gif_reads_back_with_shared_palette_and_delays(tmp_path: Path) -> None:
     assert gif.n_frames == 5
     assert gif.durations == [100, 100, 200, 100, 700]
     assert gif.loop == 0
-    assert local_colour_tables(path.read_bytes()) == [False] * 5  # one global palette for every frame
+    assert gif_blocks(path.read_bytes()) == (True, [False] * 5)  # one global palette for every frame
     for got, want in zip(gif.frames, [f for i, f in enumerate(frames) if i != 3], strict=True):
         assert np.array_equal(got, want)  # few colours: exact after quantizing
 

@@ -23,7 +23,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MlflowServer
-from tests.helpers import Cli, artifact_files, log_folder, make_run, read_gif, run_cli
+from tests.helpers import (
+    artifact_files,
+    assert_one_line_error,
+    log_folder,
+    make_run,
+    read_gif,
+    run_cli,
+    run_isolated,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -43,25 +51,6 @@ def ensure_up(srv: MlflowServer) -> None:
     if srv.proc is None or srv.proc.poll() is not None:
         srv.stop()
         srv.start()
-
-
-def run_isolated(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Cli:
-    """Run the CLI with a fresh TMPDIR and check that it leaves nothing in it."""
-    tmpdir = cwd / "tmpdir"
-    tmpdir.mkdir(exist_ok=True)
-    cli = run_cli(*args, cwd=cwd, env={"TMPDIR": str(tmpdir), **(env or {})}, timeout=300)
-    left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")]
-    assert left == [], f"temporary files left behind: {left}"
-    return cli
-
-
-def assert_one_line_error(cli: Cli, code: int, fragment: str) -> None:
-    assert cli.code == code, (cli.code, cli.stdout, cli.stderr[-2000:])
-    lines = cli.stderr.strip().splitlines()
-    assert len(lines) == 1, cli.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in cli.stderr
-    assert fragment in lines[0], lines[0]
 
 
 class KillWhen(threading.Thread):

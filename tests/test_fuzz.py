@@ -181,10 +181,8 @@ def test_random_arrays_through_the_whole_frame_pipeline(shape: tuple[int, ...], 
     snaps = [Snapshot("layer", i, f"fuzz[{i}]", lambda a=a: a) for i, a in enumerate(arrays)]
     options = RenderOptions(annotate=annotate, scale=scale, view=view, max_rows=6, max_cols=6)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as tmp, np.errstate(over="ignore", invalid="ignore"):
-        try:
-            (result,) = render_layers({"layer": snaps}, options, Path(tmp))
-        except WeightvizError:
-            return
+        # Every drawn array has at least one value, so no error is legitimate here.
+        (result,) = render_layers({"layer": snaps}, options, Path(tmp))
         gif = read_gif(Path(tmp) / result.file_name)
         assert 1 <= gif.n_frames <= frames  # identical consecutive frames may merge
         assert result.frames == frames
