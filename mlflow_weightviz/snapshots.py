@@ -198,8 +198,10 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
             except zipfile.BadZipFile as exc:
                 msg = f"{origin}: not a readable .npz (zip) archive, perhaps truncated ({_describe(exc)})"
                 raise SnapshotFormatError(msg) from exc
-            # A step number in the name wins: step_10.npz of conv kernels is one step, not a stack.
-            return _arrange(refs, step=step, origin=origin, stack_first=strict and step is None)
+            # Named on its own, (T, N, M) arrays are a stack even with digits in the name
+            # (data_8x12.npz); a step_10.npz of 4-D conv kernels stays one step.
+            stacks = step is None or all(len(r.shape) == 3 for k, r in refs.items() if k != STEPS_KEY)
+            return _arrange(refs, step=step, origin=origin, stack_first=strict and stacks)
         if kind == "safetensors":
             return _arrange(_safetensors_refs(path), step=step, origin=origin)
         if kind == "torch":

@@ -106,6 +106,7 @@ def run_isolated(*args: str, cwd: Path, env: Mapping[str, str] | None = None, ti
     cli = run_cli(*args, cwd=cwd, env={"TMPDIR": str(tmpdir), **(env or {})}, timeout=timeout)
     left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")]
     assert left == [], f"temporary files left behind: {left}"
+    tmpdir.rmdir()  # leave the folder as it was found
     return cli
 
 

@@ -70,3 +70,10 @@ def test_out_takes_the_extension_of_the_format_written(tmp_path: Path) -> None:
     wv.render_file(tmp_path / "w.npy", wv.RenderOptions(formats=("html",)), out=tmp_path / "fc1.gif")
     assert (tmp_path / "fc1.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert not (tmp_path / "fc1.gif").exists()
+
+
+def test_a_stacked_npz_named_on_its_own_is_a_stack_even_with_digits_in_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "data_8x12_300_0.npz"
+    np.savez(path, weights=np.zeros((4, 8, 12), np.float32))
+    layers = group_layers(read_snapshots(path))
+    assert [s.step for s in layers["weights"]] == [0, 1, 2, 3]
