@@ -82,7 +82,9 @@ class HeatmapRenderer:
             made as large as fit. ``None`` sizes the frame from the grid (pixels per cell).
         fontsize: Size in points of the values and tick labels (default 9).
         reference: Draw every frame with matplotlib alone (slow; the fast composition is
-            checked against it).
+            checked against it). The renderer also does so, and sets ``reference``, when
+            the composer does not apply: a math-text format, or a matplotlib version
+            outside ``_glyphs.SUPPORTED``.
     """
 
     def __init__(self, grid: tuple[int, int], *, cmap: str, vmin: float, vmax: float, fmt: str,
