@@ -94,6 +94,10 @@ def test_callback_arguments_are_checked_when_made() -> None:
         wv.KerasCallback(colormap="viridis")
     with pytest.raises(wv.UsageError, match="every must be an integer of at least 1"):
         wv.KerasCallback(every_n_batches=0)
+    with pytest.raises(wv.UsageError, match=r"unknown render option\(s\) every;"):
+        wv.KerasCallback(every=5)  # the frequency keywords are every_n_*; every is not one
+    with pytest.raises(wv.UsageError, match="dtype must be"):
+        wv.KerasCallback(dtype="object")  # a shared recording keyword, checked by the base class
 
 
 # ------------------------------------------------------------------------------- Lightning

@@ -10,8 +10,10 @@ Both are plain uncompressed ``np.savez``-style files (no pickle), readable by
 ``np.load(allow_pickle=False)`` and memory-mapped by the renderer.
 
 :func:`log_snapshot` logs one step; :func:`record` buffers many on local disk and logs
-them as chunks (see ``recorder.py``). The framework callbacks live in ``keras.py``,
-``lightning.py`` and ``hf.py`` and import their framework only when used.
+them as chunks: ``settings.py`` checks what to record, ``chunks.py`` writes the local
+buffer and the chunk files, ``recorder.py`` takes the snapshots and uploads them. The
+framework callbacks live in ``keras.py``, ``lightning.py`` and ``hf.py`` and import their
+framework only when used; the keywords they share are those of :class:`RecordingCallback`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_weightviz.capture._arrays import DEFAULT_LAYER, to_numpy, weights_mapping, write_step_file
+from mlflow_weightviz.capture._callback import RecordingCallback
 from mlflow_weightviz.capture.recorder import Recorder, record
 from mlflow_weightviz.errors import UsageError
 
-__all__ = ["DEFAULT_LAYER", "Recorder", "log_snapshot", "record", "to_numpy", "weights_mapping", "write_step_file"]
+__all__ = ["DEFAULT_LAYER", "Recorder", "RecordingCallback", "log_snapshot", "record", "to_numpy", "weights_mapping",
+           "write_step_file"]
 
 
 def log_snapshot(weights: Any, step: int, *, run_id: str | None = None, artifact_path: str = "weights",

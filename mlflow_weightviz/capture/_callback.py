@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from mlflow_weightviz.capture.recorder import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, Recorder, RecordSettings
+from mlflow_weightviz.capture.recorder import Recorder
+from mlflow_weightviz.capture.settings import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, RecordSettings
 from mlflow_weightviz.errors import MissingDependencyError, UsageError
 
 if TYPE_CHECKING:
     from mlflow_weightviz.pipeline import RenderResult
 
-__all__ = ["DEFAULT_CHUNK_STEPS", "DEFAULT_MAX_UPLOADS", "RecordingCallback", "missing", "pick_every"]
+__all__ = ["RecordingCallback", "missing", "pick_every"]
 
 
 def missing(framework: str, extra: str) -> MissingDependencyError:
@@ -34,31 +35,50 @@ def pick_every(unit_a: str, a: int | None, unit_b: str, b: int | None, default: 
 
 
 class RecordingCallback:
-    """Mixin of the framework callbacks: holds the settings and the current :class:`Recorder`.
+    """Base of the framework callbacks: the recording keywords they share, and the current :class:`Recorder`.
 
-    A callback can also be used as a context manager around training, which closes the
+    Each callback takes its own frequency keywords (``every_n_epochs`` and the like),
+    then the keywords below, all keyword-only and checked when the callback is made. A
+    callback can also be used as a context manager around training, which closes the
     recorder (flush, then render) even when training raises in a framework that has no
     exception hook. Recorders still open when Python exits are closed then.
+
+    Args:
+        unit: What a step counts (``"epochs"``, ``"batches"``, ...); given by the subclass.
+        every: Record every this many units; given by the subclass.
+        layers: Name globs of the weights to record; by default those with 2 or more dims.
+        artifact_path: Folder of the snapshots in the run.
+        render: Render and log the GIFs when training ends.
+        render_artifact_path: Folder of the GIFs in the run.
+        run_id: The run; overrides the run the callback finds when training starts.
+        tracking_uri: Defaults to the current tracking URI.
+        dtype: Store snapshots as this dtype, e.g. ``"float16"``.
+        chunk_steps: Snapshots in the first chunk file uploaded.
+        max_uploads: Most chunk uploads per training run.
+        buffer_dir: Where the local snapshot buffer goes.
+        **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs,
+            such as ``max_frames=50``.
+
+    Raises:
+        UsageError: A bad argument, or an unknown or bad render option.
     """
 
-    _settings: RecordSettings
-    _run_id: str | None
-    _tracking_uri: str | None
-    _recorder: Recorder | None
-    _result: RenderResult | None
-
-    def _init_recording(self, *, every: int, layers: str | Sequence[str] | None, artifact_path: str,
-                        render: bool, render_artifact_path: str, run_id: str | None, tracking_uri: str | None,
-                        dtype: Any, chunk_steps: int, max_uploads: int,
-                        buffer_dir: str | os.PathLike[str] | None, render_options: dict[str, Any]) -> None:
+    def __init__(self, unit: str, every: int, /, *, layers: str | Sequence[str] | None = None,
+                 artifact_path: str = "weights", render: bool = True, render_artifact_path: str = "weightviz",
+                 run_id: str | None = None, tracking_uri: str | None = None, dtype: Any = None,
+                 chunk_steps: int = DEFAULT_CHUNK_STEPS, max_uploads: int = DEFAULT_MAX_UPLOADS,
+                 buffer_dir: str | os.PathLike[str] | None = None, **render_options: Any) -> None:
+        # unit and every are positional-only, so every=... from a user is an unknown render option.
         self._settings = RecordSettings.build(
             every=every, layers=layers, artifact_path=artifact_path, render=render,
             render_artifact_path=render_artifact_path, dtype=dtype, chunk_steps=chunk_steps,
             max_uploads=max_uploads, buffer_dir=buffer_dir, render_options=render_options)
+        self.unit = unit
         self._run_id = run_id
         self._tracking_uri = tracking_uri
-        self._recorder = None
-        self._result = None
+        self._recorder: Recorder | None = None
+        self._result: RenderResult | None = None
+        super().__init__()  # the framework's Callback, next in the subclass's MRO
 
     def _start(self, source: Any, *, run_id: str | None = None, tracking_uri: str | None = None) -> Recorder:
         """Open a recorder for a training run; an explicit ``run_id`` given to the callback wins."""

@@ -6,17 +6,9 @@ Importing this module imports transformers; install it with
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
-from mlflow_weightviz.capture._callback import (
-    DEFAULT_CHUNK_STEPS,
-    DEFAULT_MAX_UPLOADS,
-    RecordingCallback,
-    missing,
-    pick_every,
-)
+from mlflow_weightviz.capture._callback import RecordingCallback, missing, pick_every
 
 try:
     import transformers
@@ -46,34 +38,18 @@ class TransformersCallback(RecordingCallback, transformers.TrainerCallback):
     Args:
         every_n_steps: Record every N optimizer steps (default 50).
         every_n_epochs: Record after every N epochs instead.
-        layers: Name globs of the parameters to record; by default those with 2 or more dims.
-        artifact_path: Folder of the snapshots in the run.
-        render: Render and log the GIFs when training ends.
-        render_artifact_path: Folder of the GIFs in the run.
-        run_id: The run; defaults to the run active when training begins.
-        tracking_uri: Defaults to the current tracking URI.
-        dtype: Store snapshots as this dtype, e.g. ``"float16"``.
-        chunk_steps: Snapshots in the first chunk file uploaded.
-        max_uploads: Most chunk uploads per training run.
-        buffer_dir: Where the local snapshot buffer goes.
-        **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs.
+        **settings: The recording keywords shared by every callback (``layers``, ``artifact_path``,
+            ``render``, ``run_id``, ``dtype``, ...) and the render options (``max_frames=50``, ...);
+            see :class:`~mlflow_weightviz.capture.RecordingCallback`.
 
     Raises:
         UsageError: A bad argument or render option (when the callback is made).
     """
 
     def __init__(self, *, every_n_steps: int | None = None, every_n_epochs: int | None = None,
-                 layers: str | Sequence[str] | None = None, artifact_path: str = "weights", render: bool = True,
-                 render_artifact_path: str = "weightviz", run_id: str | None = None,
-                 tracking_uri: str | None = None, dtype: Any = None, chunk_steps: int = DEFAULT_CHUNK_STEPS,
-                 max_uploads: int = DEFAULT_MAX_UPLOADS, buffer_dir: str | os.PathLike[str] | None = None,
-                 **render_options: Any) -> None:
-        super().__init__()
-        self.unit, every = pick_every("steps", every_n_steps, "epochs", every_n_epochs, ("steps", 50))
-        self._init_recording(every=every, layers=layers, artifact_path=artifact_path, render=render,
-                             render_artifact_path=render_artifact_path, run_id=run_id, tracking_uri=tracking_uri,
-                             dtype=dtype, chunk_steps=chunk_steps, max_uploads=max_uploads, buffer_dir=buffer_dir,
-                             render_options=render_options)
+                 **settings: Any) -> None:
+        unit, every = pick_every("steps", every_n_steps, "epochs", every_n_epochs, ("steps", 50))
+        super().__init__(unit, every, **settings)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Open a recorder on the current run and record the starting weights."""

@@ -3,45 +3,42 @@
 How snapshots travel, so that RAM stays flat however long the run:
 
 1. Each snapshot is appended to a raw file in a local temporary folder, as one
-   fixed-size record: the step as int64, then every layer's bytes.
+   fixed-size record: the step as int64, then every layer's bytes (see ``chunks.py``).
 2. When the buffer holds a chunk's worth of snapshots, it is turned into one
-   ``chunk_<first>-<last>.npz`` of the canonical layout, streamed layer by layer from a
-   memory map of the raw file (never the whole chunk in memory), and logged with
-   ``MlflowClient.log_artifact``.
+   ``chunk_<first>-<last>.npz`` of the canonical layout, streamed layer by layer from the
+   raw file (never the whole chunk in memory), and logged with ``MlflowClient.log_artifact``.
 3. Chunks start at ``chunk_steps`` snapshots and double every :data:`DOUBLE_EVERY`
    uploads, and after ``max_uploads - 1`` uploads the rest waits for the last one, so a
    run of any length makes at most ``max_uploads`` uploads.
 
 On exit the buffer is flushed, then the run's snapshots are rendered to GIFs and logged
 to the run. If training raised, the same happens and the exception propagates.
+Recorders still open when Python exits are flushed and rendered then.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import operator
 import os
+import pickle
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import warnings
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.capture._arrays import DEFAULT_LAYER, weights_mapping
+from mlflow_weightviz.capture._arrays import ndim, source_reader, weights_mapping
+from mlflow_weightviz.capture.chunks import Layout, Segment
+from mlflow_weightviz.capture.settings import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, DOUBLE_EVERY, RecordSettings
 from mlflow_weightviz.errors import OutputError, UsageError, WeightvizError
-from mlflow_weightviz.options import RenderOptions, WeightvizWarning
-from mlflow_weightviz.snapshots import STEPS_KEY
+from mlflow_weightviz.options import WeightvizWarning
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -49,286 +46,6 @@ if TYPE_CHECKING:
     from mlflow_weightviz.pipeline import RenderResult
 
 __all__ = ["DEFAULT_CHUNK_STEPS", "DEFAULT_MAX_UPLOADS", "DOUBLE_EVERY", "RecordSettings", "Recorder", "record"]
-
-#: Snapshots in the first chunk file.
-DEFAULT_CHUNK_STEPS = 50
-#: Upper bound on chunk uploads per recorder.
-DEFAULT_MAX_UPLOADS = 32
-#: The chunk size doubles after this many uploads, so uploads grow with the log of the run length.
-DOUBLE_EVERY = 4
-
-_STEP_DTYPE = np.dtype("<i8")
-_COPY_BLOCK = 8 << 20  # bytes copied at a time from the raw buffer into a chunk file
-
-# Render options that make no sense from a recorder: it picks the layers itself and writes no pickles.
-_NOT_RENDER_OPTIONS = frozenset({"layers", "allow_pickle"})
-
-Reader = Callable[[], Mapping[str, Any]]
-
-
-# ----------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class RecordSettings:
-    """What to record and how to upload and render it; checked when made, before training starts.
-
-    Attributes:
-        every: Take a snapshot at the steps divisible by this (step 0 included).
-        layers: Name globs of the layers to record; ``None`` records every array with 2 or more dims.
-        artifact_path: Folder of the snapshots in the run.
-        render: Render and log the GIFs when recording ends.
-        render_artifact_path: Folder of the GIFs in the run.
-        dtype: Store snapshots as this dtype (``float16`` halves the size); ``None`` keeps it.
-        chunk_steps: Snapshots in the first chunk file.
-        max_uploads: Most chunk uploads of one recorder.
-        buffer_dir: Where the local buffer folder is made; defaults to the system's temp folder.
-        options: How the GIFs are drawn.
-    """
-
-    every: int = 1
-    layers: tuple[str, ...] | None = None
-    artifact_path: str = "weights"
-    render: bool = True
-    render_artifact_path: str = "weightviz"
-    dtype: np.dtype[Any] | None = None
-    chunk_steps: int = DEFAULT_CHUNK_STEPS
-    max_uploads: int = DEFAULT_MAX_UPLOADS
-    buffer_dir: Path | None = None
-    options: RenderOptions = RenderOptions()
-
-    @classmethod
-    def build(cls, *, every: int = 1, layers: str | Sequence[str] | None = None, artifact_path: str = "weights",
-              render: bool = True, render_artifact_path: str = "weightviz", dtype: Any = None,
-              chunk_steps: int = DEFAULT_CHUNK_STEPS, max_uploads: int = DEFAULT_MAX_UPLOADS,
-              buffer_dir: str | os.PathLike[str] | None = None,
-              render_options: Mapping[str, Any] | None = None) -> RecordSettings:
-        """Check every argument and build the settings.
-
-        Raises:
-            UsageError: A value is out of range, or a render option is unknown or invalid.
-        """
-        for name, value, low in (("every", every, 1), ("chunk_steps", chunk_steps, 1),
-                                 ("max_uploads", max_uploads, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                msg = f"{name} must be an integer of at least {low}; got {value!r}"
-                raise UsageError(msg)
-        if isinstance(layers, str):
-            layers = (layers,)
-        if layers is not None:
-            layers = tuple(layers)
-            if not layers or not all(isinstance(g, str) and g for g in layers):
-                msg = f"layers must be one or more non-empty name globs such as '*.weight'; got {layers!r}"
-                raise UsageError(msg)
-        for name, path in (("artifact_path", artifact_path), ("render_artifact_path", render_artifact_path)):
-            if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
-                msg = f"{name} must be a relative artifact folder such as 'weights'; got {path!r}"
-                raise UsageError(msg)
-        if artifact_path.strip("/") == render_artifact_path.strip("/"):
-            msg = f"the snapshots and the GIFs need different folders; both are {artifact_path!r}"
-            raise UsageError(msg)
-        return cls(every=every, layers=layers, artifact_path=artifact_path.strip("/"), render=bool(render),
-                   render_artifact_path=render_artifact_path.strip("/"), dtype=_dtype(dtype),
-                   chunk_steps=chunk_steps, max_uploads=max_uploads,
-                   buffer_dir=Path(buffer_dir) if buffer_dir is not None else None,
-                   options=render_options_from(render_options or {}))
-
-
-def render_options_from(values: Mapping[str, Any]) -> RenderOptions:
-    """Build :class:`RenderOptions` from keyword arguments, failing fast on unknown or bad ones.
-
-    Raises:
-        UsageError: An option is unknown, has a bad value, or names an unknown colormap.
-    """
-    known = sorted(f.name for f in fields(RenderOptions) if f.name not in _NOT_RENDER_OPTIONS)
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        msg = f"unknown render option(s) {', '.join(unknown)}; the render options are: {', '.join(known)}"
-        raise UsageError(msg)
-    options = RenderOptions(**values)
-    if options.cmap is not None:
-        from mlflow_weightviz.pipeline import _check_cmap
-
-        _check_cmap(options.cmap)
-    return options
-
-
-def _dtype(value: Any) -> np.dtype[Any] | None:
-    if value is None:
-        return None
-    try:
-        dtype: np.dtype[Any] = np.dtype(value)
-    except TypeError:
-        msg = f"dtype must be a numeric numpy dtype such as 'float16'; got {value!r}"
-        raise UsageError(msg) from None
-    if dtype.hasobject or dtype.kind not in "biufc":
-        msg = f"dtype must be a numeric numpy dtype such as 'float16'; got {dtype}"
-        raise UsageError(msg)
-    return dtype
-
-
-# ------------------------------------------------------------------------ sources
-
-
-def source_reader(source: Any) -> Reader:
-    """A function returning the source's current name → tensor mapping (nothing is converted yet).
-
-    Keras models come first: on the torch backend they are ``torch.nn.Module`` s too, but
-    their variable paths (``sequential/dense/kernel``) are the names users know.
-
-    Raises:
-        UsageError: ``source`` is none of the supported kinds.
-    """
-    if _is_keras(source):
-        return lambda: _keras_weights(source)
-    if callable(getattr(source, "named_parameters", None)):  # torch.nn.Module, LightningModule, HF model
-        return lambda: dict(source.named_parameters())
-    if isinstance(source, Mapping):
-        return lambda: source
-    if callable(source):
-        return lambda: _call(source)
-    msg = ("source must be a torch.nn.Module, a Keras model, a mapping of layer name → array, or a "
-           f"callable returning one; got {type(source).__name__}")
-    raise UsageError(msg)
-
-
-def _is_keras(obj: Any) -> bool:
-    return hasattr(obj, "weights") and any(
-        c.__module__.split(".")[0] in {"keras", "tf_keras"} for c in type(obj).__mro__)
-
-
-def _keras_weights(model: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for var in model.weights:
-        name = str(getattr(var, "path", None) or var.name)
-        key, n = name, 1
-        while key in out:  # Keras 2 names can repeat; paths in Keras 3 do not
-            n += 1
-            key = f"{name}#{n}"
-        out[key] = var
-    return out
-
-
-def _call(source: Callable[[], Any]) -> Mapping[str, Any]:
-    value = source()
-    return value if isinstance(value, Mapping) else {DEFAULT_LAYER: value}
-
-
-def _ndim(value: Any) -> int:
-    shape = getattr(value, "shape", None)
-    return len(tuple(shape)) if shape is not None else int(np.ndim(value))
-
-
-# ------------------------------------------------------------------ local buffer
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Names, dtypes and shapes of one snapshot's arrays: the fixed record of a raw segment."""
-
-    names: tuple[str, ...]
-    dtypes: tuple[np.dtype[Any], ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray]) -> _Layout:
-        return cls(tuple(arrays), tuple(a.dtype for a in arrays.values()), tuple(a.shape for a in arrays.values()))
-
-    def matches(self, arrays: Mapping[str, np.ndarray]) -> bool:
-        return self == _Layout.of(arrays)
-
-    def sizes(self) -> list[int]:
-        return [int(np.prod(s, dtype=np.int64)) * d.itemsize for d, s in zip(self.dtypes, self.shapes, strict=True)]
-
-
-class _Segment:
-    """Snapshots of one layout, appended to one raw file, later written out as one chunk."""
-
-    def __init__(self, path: Path, layout: _Layout) -> None:
-        self.path = path
-        self.layout = layout
-        self.sizes = layout.sizes()
-        self.record_bytes = _STEP_DTYPE.itemsize + sum(self.sizes)
-        self.count = 0
-        self.first = -1
-        self.last = -1
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-
-    def append(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Append one record; after a failed write the file is cut back, so records stay aligned."""
-        try:
-            _write_all(self._fd, memoryview(np.asarray(step, _STEP_DTYPE).tobytes()))
-            for arr in arrays.values():
-                _write_all(self._fd, np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)  # no copy
-        except BaseException:  # a full disk, or Ctrl-C halfway through a record
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.count * self.record_bytes)
-            raise
-        if self.count == 0:
-            self.first = step
-        self.count += 1
-        self.last = step
-
-    @property
-    def chunk_name(self) -> str:
-        return f"chunk_{self.first}-{self.last}.npz"
-
-    def write_chunk(self, target: Path) -> Path:
-        """Write the canonical chunk file, one zip member (layer) at a time.
-
-        Each member is copied slice by slice from the raw file with ``os.pread``: at most
-        :data:`_COPY_BLOCK` bytes are in memory at once, and no memory map inflates the
-        process's resident size with the chunk's pages.
-        """
-        members: list[tuple[str, np.dtype[Any], tuple[int, ...], int, int]] = [
-            (STEPS_KEY, _STEP_DTYPE, (), 0, _STEP_DTYPE.itemsize)]
-        offset = _STEP_DTYPE.itemsize
-        for name, dtype, shape, size in zip(self.layout.names, self.layout.dtypes, self.layout.shapes,
-                                            self.sizes, strict=True):
-            members.append((name, dtype, shape, offset, size))
-            offset += size
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            # Stored, not deflated: the renderer memory-maps stored members in place.
-            with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, dtype, shape, start, size in members:
-                    with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
-                        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                                  "shape": (self.count, *shape)}
-                        np.lib.format.write_array_header_2_0(fh, header)
-                        for row in range(self.count):
-                            _copy_range(fd, row * self.record_bytes + start, size, fh)
-        finally:
-            os.close(fd)
-        return target
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy_range(fd: int, offset: int, size: int, out: Any) -> None:
-    end = offset + size
-    while offset < end:
-        data = os.pread(fd, min(_COPY_BLOCK, end - offset), offset)
-        if not data:
-            msg = "the snapshot buffer file is shorter than expected"
-            raise OSError(msg)
-        out.write(data)
-        offset += len(data)
-
-
-# ----------------------------------------------------------------------- recorder
 
 # Open recorders, held strongly so that one dropped without close() is still flushed at exit.
 _OPEN: set[Recorder] = set()
@@ -368,8 +85,8 @@ class Recorder:
         self.result: RenderResult | None = None
         self.closed = False
         self._selection: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        self._segment: _Segment | None = None
-        self._sealed: list[_Segment] = []
+        self._segment: Segment | None = None
+        self._sealed: list[Segment] = []
         self._segments_made = 0
         self._retry_at = 0
         parent = self.settings.buffer_dir
@@ -456,6 +173,16 @@ class Recorder:
                           stacklevel=2)
         return self.result
 
+    def _close_at_exit(self) -> None:
+        """:meth:`close` while Python exits: flush here, render in a new process (see :func:`_render_in_child`)."""
+        if self.closed:
+            return
+        self.closed = True
+        _OPEN.discard(self)
+        self._final_flush()
+        if self.settings.render and self.snapshots:
+            _render_in_child(self.run_id, self.settings, self.tracking_uri)
+
     def __enter__(self) -> Recorder:
         return self
 
@@ -477,7 +204,7 @@ class Recorder:
             self._segment = None
         if self._segment is None:
             self._segments_made += 1
-            self._segment = _Segment(self._dir / f"segment-{self._segments_made}.raw", _Layout.of(arrays))
+            self._segment = Segment(self._dir / f"segment-{self._segments_made}.raw", Layout.of(arrays))
         segment = self._segment
         try:
             segment.append(step, arrays)
@@ -507,7 +234,7 @@ class Recorder:
     def _choose(self, current: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, ...]:
         globs = self.settings.layers
         if globs is None:
-            chosen = tuple(str(k) for k, v in current.items() if _ndim(v) >= 2)
+            chosen = tuple(str(k) for k, v in current.items() if ndim(v) >= 2)
             if not chosen:
                 msg = (f"no layer has 2 or more dims (the layers are: {_listing(names)}); "
                        "pass layers=['*'] to record them all")
@@ -533,7 +260,7 @@ class Recorder:
         self._retry_at = 0
         return logged
 
-    def _log_segment(self, seg: _Segment) -> str:
+    def _log_segment(self, seg: Segment) -> str:
         staging = self._dir / "out"
         staging.mkdir(exist_ok=True)
         try:
@@ -596,11 +323,7 @@ def _register(rec: Recorder) -> None:
     global _ATEXIT_REGISTERED
     _OPEN.add(rec)
     if not _ATEXIT_REGISTERED:
-        # Run when the main thread ends, before concurrent.futures refuses new work (its own
-        # hook is registered the same way, and these run last-registered first): uploads and
-        # downloads use thread pools. Plain atexit where that hook does not exist.
-        register = getattr(threading, "_register_atexit", atexit.register)
-        register(_close_open_recorders)
+        atexit.register(_close_open_recorders)
         _ATEXIT_REGISTERED = True
 
 
@@ -608,9 +331,41 @@ def _close_open_recorders() -> None:
     """At interpreter exit, finish recorders nobody closed (a callback whose ``fit`` raised)."""
     for rec in list(_OPEN):
         try:
-            rec.close()
+            rec._close_at_exit()
         except WeightvizError as err:
             sys.stderr.write(f"mlflow-weightviz: {err}\n")
+
+
+# By the time atexit functions run, concurrent.futures refuses new work ("cannot schedule
+# new futures after interpreter shutdown"), and artifact downloads use thread pools. So a
+# recorder closed at exit renders in a fresh Python process, which gets its arguments on stdin.
+_CHILD_CODE = "from mlflow_weightviz.capture.recorder import _render_from_stdin; _render_from_stdin()"
+
+
+def _render_in_child(run_id: str, settings: RecordSettings, tracking_uri: str) -> None:
+    """Render ``run_id``'s snapshots in a new interpreter and wait for it; its errors go to stderr."""
+    if not sys.executable:  # an embedded interpreter: no Python to start
+        msg = (f"cannot render run {run_id} while Python exits; render it with: "
+               f"mlflow-weightviz render {run_id} --source {settings.artifact_path}")
+        raise OutputError(msg)
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this same copy of the package
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    payload = pickle.dumps((run_id, settings.options, settings.artifact_path, settings.render_artifact_path,
+                            tracking_uri))
+    subprocess.run([sys.executable, "-c", _CHILD_CODE], input=payload, env=env, check=False)
+
+
+def _render_from_stdin() -> None:
+    """The child's side of :func:`_render_in_child`: render, and exit 1 with the error on stderr."""
+    from mlflow_weightviz.pipeline import render_run
+
+    run_id, options, source, artifact_path, tracking_uri = pickle.loads(sys.stdin.buffer.read())  # from our parent
+    try:
+        render_run(run_id, options, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri)
+    except WeightvizError as err:
+        sys.stderr.write(f"mlflow-weightviz: {err}\n")
+        raise SystemExit(1) from None
 
 
 # -------------------------------------------------------------------------- public
