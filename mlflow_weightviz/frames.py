@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_weightviz.grid import format_value  # the one place values become text; re-exported
+
 __all__ = ["NAN_COLOR", "HeatmapRenderer", "cell_size", "format_value", "text_is_dark"]
 
 #: Colour of NaN and infinite cells; it is in neither default colormap.
@@ -49,15 +51,6 @@ def _has_glyph_api() -> bool:
     from matplotlib.ft2font import FT2Font
 
     return all(hasattr(FT2Font, name) for name in ("_layout", "_render_glyph", "_set_transform"))
-
-
-def format_value(fmt: str, value: float) -> str:
-    """Format one cell value; NaN and infinities read ``nan``, ``inf`` and ``-inf``."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return fmt.format(x=value)
 
 
 def cell_size(grid: tuple[int, int], *, text_chars: int, annotate: bool | None, dpi: int,
