@@ -469,8 +469,9 @@ def demo(
             typer.echo(f"MLflow UI:   {server.url} (Ctrl-C stops it)")
             typer.echo(f"the GIF:     {result.ui_url}")
 
-        sys.stderr.write(f"starting the MLflow UI on port {port}…\n")
-        sys.stderr.flush()
+        if not quiet:
+            sys.stderr.write(f"starting the MLflow UI on port {port}…\n")
+            sys.stderr.flush()
         serve_ui(result, port, on_ready=ready)
         sys.stderr.write("stopped the MLflow UI\n")
 

@@ -232,7 +232,9 @@ def start_ui(uri: str, port: int, *, log_path: Path, timeout: float = 180.0) -> 
         while True:
             code = proc.poll()
             if code is not None:
-                raise WeightvizError(server.failure(f"the MLflow UI did not start (exit code {code})"))
+                # `mlflow ui` exits 0 even when uvicorn could not bind: the log says why.
+                what = "the MLflow UI did not start" + (f" (exit code {code})" if code else "")
+                raise WeightvizError(server.failure(what))
             if _healthy(server.url):
                 return server
             if time.monotonic() > deadline:
