@@ -267,6 +267,7 @@ def inspect_command(
         from rich.console import Console
         from rich.table import Table
 
+        from mlflow_weightviz.grid import format_value
         from mlflow_weightviz.pipeline import inspect_run
 
         rows = inspect_run(run_id, source=source, tracking_uri=tracking_uri, allow_pickle=allow_pickle,
@@ -276,7 +277,8 @@ def inspect_command(
             table.add_column(col, justify="left" if col in {"layer", "shape", "dtype"} else "right")
         for r in rows:
             table.add_row(r.layer, "×".join(map(str, r.shape)) or "scalar", r.dtype, str(r.snapshots),
-                          str(r.first_step), str(r.last_step), f"{r.min:.6g}", f"{r.max:.6g}")
+                          str(r.first_step), str(r.last_step), format_value("{x:.6g}", r.min),
+                          format_value("{x:.6g}", r.max))
         Console(width=max(100, Console().width)).print(table)
 
 
@@ -434,22 +436,44 @@ def demo(
     tracking_uri: TrackingUri = None,
     steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
     every: Annotated[int, typer.Option(help="Take a snapshot every N steps.")] = 10,
+    ui: Annotated[bool, typer.Option(
+        "--ui", help="Then start the MLflow UI on the demo's store (127.0.0.1) and keep it running until "
+                     "Ctrl-C.")] = False,
+    port: Annotated[Optional[int], typer.Option(
+        help="Port of the MLflow UI; default 5000, or with --ui a free port if 5000 is taken.")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Train a tiny numpy network, log its weight snapshots, render the GIFs and log them to the run."""
     with _errors(debug):
-        from mlflow_weightviz.demo import run_demo
+        from mlflow_weightviz.demo import DEFAULT_PORT, choose_port, is_remote, run_demo, serve_ui
 
+        if ui and tracking_uri and is_remote(tracking_uri):
+            _fail(f"--ui starts a UI on a local store; {tracking_uri} is a tracking server, its own UI", 2)
+        if port is None:
+            port = choose_port(DEFAULT_PORT) if ui else DEFAULT_PORT
         with _progress(quiet, "rendering") as progress:
-            result = run_demo(tracking_uri=tracking_uri, steps=steps, every=every, progress=progress)
+            result = run_demo(tracking_uri=tracking_uri, steps=steps, every=every, progress=progress, port=port)
         typer.echo(f"run id:      {result.run_id}")
         typer.echo(f"experiment:  {result.experiment_id}")
         for path in result.artifact_paths:
             typer.echo(f"artifact:    {path}")
         typer.echo(f"local copy:  {result.local_dir}")
-        typer.echo(f"open the UI: {result.ui_command}")
-        typer.echo(f"then visit:  {result.ui_url}")
+        if not ui:
+            if result.ui_command:
+                typer.echo(f"open the UI: {result.ui_command}")
+            typer.echo(f"then visit:  {result.ui_url}")
+            return
+
+        def ready(server: Any) -> None:
+            typer.echo(f"MLflow UI:   {server.url} (Ctrl-C stops it)")
+            typer.echo(f"the GIF:     {result.ui_url}")
+
+        if not quiet:
+            sys.stderr.write(f"starting the MLflow UI on port {port}…\n")
+            sys.stderr.flush()
+        serve_ui(result, port, on_ready=ready)
+        sys.stderr.write("stopped the MLflow UI\n")
 
 
 def _version(value: bool) -> None:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlflow_weightviz.grid import format_value  # the one place values become text; re-exported
+
 if TYPE_CHECKING:
     from mlflow_weightviz._glyphs import Composer
 
@@ -34,15 +36,6 @@ _CHAR_EM = 0.62  # average width of a digit or letter in DejaVu Sans, in ems
 _MAX_ANNOTATED_PX = 1600  # auto-annotation only while the grid stays this small
 _DARK_TEXT = "#262626"
 _LIGHT_TEXT = "#ffffff"
-
-
-def format_value(fmt: str, value: float) -> str:
-    """Format one cell value; NaN and infinities read ``nan``, ``inf`` and ``-inf``."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return fmt.format(x=value)
 
 
 def cell_size(grid: tuple[int, int], *, text_chars: int, annotate: bool | None, dpi: int,

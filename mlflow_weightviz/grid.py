@@ -9,6 +9,7 @@ memory-mapped stack, and derives the layer's colour scale and value format from 
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -25,7 +26,8 @@ from mlflow_weightviz.errors import OutputError, ShapeMismatchError, SnapshotErr
 from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
 from mlflow_weightviz.snapshots import Snapshot
 
-__all__ = ["GridInfo", "PreparedLayer", "choose_format", "finite_range", "prepare_layer", "sample_indices", "to_grid"]
+__all__ = ["GridInfo", "PreparedLayer", "choose_format", "finite_range", "format_value", "prepare_layer",
+           "sample_indices", "to_grid"]
 
 # Bytes of raw data pooled at once; bounds memory for huge layers.
 _BAND_BYTES = 64 * 1024 * 1024
@@ -327,27 +329,67 @@ def _colour_scale(stack: np.ndarray, options: RenderOptions) -> tuple[
 
 
 def choose_format(stack: np.ndarray, vmin: float, vmax: float) -> str:
-    """A value format precise enough to show the typical change between frames."""
+    """A value format precise enough to show the typical change between frames.
+
+    It also shows at least two significant digits of the layer's typical value (the
+    median of its non-zero magnitudes), and the leading digit of the largest one: a
+    layer of values around 0.003 reads ``0.0031``, not ``0.00``, even when the scale
+    reaches 0.5.
+    """
     magnitude = max(abs(vmin), abs(vmax))
     if not math.isfinite(magnitude) or magnitude == 0:
         magnitude = 1.0
+    sample = stack[:: max(1, stack.shape[0] // 200)]
     change = None
     if stack.shape[0] > 1:
-        sample = stack[:: max(1, stack.shape[0] // 200)]
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(np.diff(sample, axis=0))
         d = d[np.isfinite(d) & (d > 0)]
         if d.size:
-            # The middle element itself: np.median averages two, which overflows near 1.8e308.
-            change = float(np.partition(d, d.size // 2)[d.size // 2])
+            change = _middle(d)
     if change is None or not change >= magnitude * 1e-9:
         change = magnitude / 1000  # three significant digits when nothing moves
     if not change > 0:  # magnitude near the smallest subnormal: 1/1000 of it is 0
         change = magnitude
     if magnitude >= 1e5 or magnitude < 1e-4:
+        # Every value gets its own exponent here, so each shows 1 + digits significant digits.
         digits = min(6, max(1, math.ceil(math.log10(max(1.0, magnitude / change)))))
         return f"{{x:.{digits}e}}"
     decimals = max(0, math.ceil(-math.log10(change)))
     if magnitude < 1:  # always show the leading significant digit
         decimals = max(decimals, math.ceil(-math.log10(magnitude)) + 1)
+    a = np.abs(sample[np.isfinite(sample)])
+    a = a[a > 0]
+    if a.size:
+        typical = _middle(a)
+        decimals = max(decimals, 1 - math.floor(math.log10(typical)))  # two significant digits of it
     return f"{{x:.{min(decimals, 9)}f}}"
+
+
+def _middle(a: np.ndarray) -> float:
+    # The middle element itself: np.median averages two, which overflows near 1.8e308.
+    return float(np.partition(a, a.size // 2)[a.size // 2])
+
+
+@functools.lru_cache(maxsize=256)
+def _zero_texts(fmt: str) -> tuple[str, str]:
+    return fmt.format(x=-0.0), fmt.format(x=0.0)
+
+
+def format_value(fmt: str, value: float) -> str:
+    """Format one value for display; NaN and infinities read ``nan``, ``inf`` and ``-inf``.
+
+    A value that rounds to zero reads as zero without a sign: ``-0.001`` with
+    ``"{x:.2f}"`` gives ``0.00``, not ``-0.00``. Every place that writes a value for a
+    reader (GIF cells, the player's texts, tables) goes through this function.
+    """
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = fmt.format(x=value)
+    if value <= 0:  # includes -0.0; only then can the text be a signed zero
+        negative_zero, zero = _zero_texts(fmt)
+        if text == negative_zero:
+            return zero
+    return text

@@ -380,7 +380,7 @@ _PLAYER_JS = r"""<script>
     }
     return String(x);
   }
-  function fmt(x, sp = meta.spec) {   // like frames.format_value: nan/inf spelled out, else the pattern
+  function fmt(x, sp = meta.spec) {   // like grid.format_value: nan/inf spelled out, else the pattern
     const special = pyRepr(x);
     if (special !== null) return special;
     if (!sp) return shortest32(x);
@@ -398,7 +398,9 @@ _PLAYER_JS = r"""<script>
       parts[0] = parts[0].replace(/\B(?=(\d{3})+(?!\d))/g, sp.group);
       body = parts.join(".");
     }
-    let sign = (x < 0 || Object.is(x, -0)) ? "-" : sp.sign === "+" ? "+" : sp.sign === " " ? " " : "";
+    // A value that rounds to zero gets no minus sign: never "-0.00" (grid.format_value does the same).
+    const negative = (x < 0 || Object.is(x, -0)) && /[1-9]/.test(body);
+    let sign = negative ? "-" : sp.sign === "+" ? "+" : sp.sign === " " ? " " : "";
     const pad = sp.width - sign.length - body.length;
     if (pad > 0) {
       if (sp.zero) body = "0".repeat(pad) + body;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -146,3 +147,7 @@ def gif_blocks(data: bytes) -> tuple[bool, list[bool]]:
             msg = f"unexpected GIF block {data[pos]:#x} at {pos}"
             raise AssertionError(msg)
     return bool(flags & 0x80), local
+
+
+#: A number that reads as a signed zero: "-0", "-0.00", "-0.0%", "-0.00e+00" (also with U+2212, matplotlib's minus).
+NEGATIVE_ZERO = re.compile(r"[-\u2212]0+(?:[.,]0+)?(?![\d.,])")

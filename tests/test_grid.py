@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from mlflow_weightviz.errors import ShapeMismatchError, SnapshotError
-from mlflow_weightviz.grid import choose_format, finite_range, prepare_layer, sample_indices, to_grid
+from mlflow_weightviz.grid import choose_format, finite_range, format_value, prepare_layer, sample_indices, to_grid
 from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
 from mlflow_weightviz.snapshots import Snapshot
+from tests.helpers import NEGATIVE_ZERO, training_series
 
 
 def snaps(arrays: list[np.ndarray], name: str = "w") -> list[Snapshot]:
@@ -179,6 +180,70 @@ def test_format_shows_the_change_between_frames() -> None:
     assert fmt.format(x=0.5) != fmt.format(x=0.5003)
     assert choose_format(np.array([[[1e30]], [[-1e30]]]), -1e30, 1e30).endswith("e}")
     assert choose_format(np.zeros((1, 2, 2)), -1.0, 1.0) == "{x:.3f}"
+
+
+def significant_digits(text: str) -> int:
+    mantissa = text.lower().split("e")[0].lstrip("-+ 0.")
+    return sum(c.isdigit() for c in mantissa)
+
+
+def test_format_shows_two_significant_digits_of_the_typical_value(tmp_path: Path) -> None:
+    # Values around 0.003 with one 0.5 outlier: the change and the largest value alone gave 2 decimals ("0.00").
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 0.003, size=(12, 9))
+    base[0, 0] = 0.5
+    layer = prepared(tmp_path, [base + i * 0.01 * (base > 0.4) for i in range(4)])
+    typical = float(np.median(np.abs(base)))
+    assert significant_digits(format_value(layer.fmt, typical)) >= 2, (layer.fmt, typical)
+    assert layer.fmt == "{x:.4f}"
+    for scale in (3e-4, 0.02, 0.3, 4.0, 70.0, 900.0):
+        stack = np.stack([rng.normal(0, scale, (12, 9)) for _ in range(3)])
+        fmt = choose_format(stack, float(stack.min()), float(stack.max()))
+        typical = float(np.median(np.abs(stack)))
+        assert significant_digits(format_value(fmt, typical)) >= 2, (scale, fmt, typical)
+
+
+def test_format_value_never_writes_a_negative_zero() -> None:
+    assert format_value("{x:.2f}", -0.001) == "0.00"
+    assert format_value("{x:.2f}", -0.0) == "0.00"
+    assert format_value("{x:.2f}", -0.01) == "-0.01"
+    assert format_value("{x:+.2f}", -0.001) == "+0.00"
+    assert format_value("{x:.0f}", -0.4) == "0"
+    assert format_value("{x:.1%}", -1e-5) == "0.0%"
+    assert format_value("{x:08.3f}", -1e-4) == "0000.000"
+    assert format_value("{x:.2e}", -1e-300) == "-1.00e-300"
+    assert format_value("w={x:.2f}!", -0.004) == "w=0.00!"
+    formats = ["{x:.3f}", "{x:.2e}", "{x:.4g}", "{x:g}", "{x:+.1f}", "{x:.1%}", "{x:8.3f}", "{x:08.3f}",
+               "w={x:.2f}!", "{x:,.1f}", "{x:.3E}", "{x: .2f}", "{x:.0f}", "{x:.6f}", "{x}"]
+    values = [-0.0, -1e-300, -5e-324, -0.0049, -0.0004, -0.04, -0.4] + list(-np.geomspace(1e-12, 1, 50))
+    for fmt in formats:
+        for v in values:
+            text = format_value(fmt, float(v))
+            assert not NEGATIVE_ZERO.search(text), (fmt, v, text)
+            if float(v) < 0 and float(text.strip("w=!%").replace(",", "")) != 0:
+                assert "-" in text, (fmt, v, text)  # only a zero loses its sign
+
+
+@pytest.mark.parametrize("view", list(View))
+@pytest.mark.parametrize("case", ["training", "walk", "demo", "small-signed", "linspace"])
+def test_no_annotation_of_typical_inputs_reads_minus_zero(tmp_path: Path, case: str, view: View) -> None:
+    """Every cell text the GIF would show for the test suite's usual inputs, in every view."""
+    rng = np.random.default_rng(5)
+    if case == "training":
+        arrays = training_series(steps=6, shape=(8, 12))
+    elif case == "walk":
+        arrays = [rng.normal(0, 0.1, (5, 7)) + rng.normal(0, 0.002, (5, 7)) * i for i in range(6)]
+    elif case == "demo":
+        from mlflow_weightviz.demo import train_tiny_mlp
+
+        arrays = [w[layer] for step, w, _ in train_tiny_mlp(40) if step % 10 == 0 for layer in ["fc1.bias"]]
+    elif case == "small-signed":  # the issue's 12×9 layer at 2 decimals
+        arrays = [rng.normal(0.2, 0.15, (12, 9)) * (i + 1) / 4 for i in range(4)]
+    else:
+        arrays = [np.linspace(-1, 1, 35).reshape(5, 7) * (1 + i / 10) for i in range(3)]
+    layer = prepared(tmp_path, arrays, view=view)
+    texts = {format_value(layer.fmt, v) for v in layer.stack().ravel().tolist()}
+    assert [t for t in texts if NEGATIVE_ZERO.search(t)] == []
 
 
 def test_scale_and_format_survive_values_near_the_float64_limit(tmp_path: Path) -> None:

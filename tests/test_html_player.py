@@ -179,7 +179,8 @@ def test_player_formats_values_like_python(tmp_path: Path, page: Any) -> None:
     open_player(page, path)
     rng = np.random.default_rng(3)
     numbers = [0.0, -0.0, 1.0, -1.0, 0.5, 1.5, 2.5, -0.125, 0.375, 123456.789, -98765.4321, 1e-7, -3.2e-5,
-               0.00012345, 7.1e12]  # halves and eighths are exact ties: Python rounds them to even
+               0.00012345, 7.1e12, -0.004, -0.0049999, -0.4, -0.00049, -1e-300]
+    # Halves and eighths are exact ties: Python rounds them to even. Small negatives round to an unsigned zero.
     numbers += [float(v) for v in rng.normal(0, 0.2, 20)] + [float(v) for v in rng.normal(0, 1e4, 5)]
     numbers += [float("nan"), float("inf"), float("-inf")]
     cases = [(x, fmt) for fmt in FORMATS for x in numbers]
