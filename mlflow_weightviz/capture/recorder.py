@@ -29,7 +29,7 @@ import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
@@ -140,17 +140,12 @@ def render_options_from(values: Mapping[str, Any]) -> RenderOptions:
     Raises:
         UsageError: An option is unknown, has a bad value, or names an unknown colormap.
     """
-    known = sorted(f.name for f in fields(RenderOptions) if f.name not in _NOT_RENDER_OPTIONS)
+    known = sorted(name for name in RenderOptions.keywords() if name not in _NOT_RENDER_OPTIONS)
     unknown = sorted(set(values) - set(known))
     if unknown:
         msg = f"unknown render option(s) {', '.join(unknown)}; the render options are: {', '.join(known)}"
         raise UsageError(msg)
-    options = RenderOptions(**values)
-    if options.cmap is not None:
-        from mlflow_weightviz.pipeline import _check_cmap
-
-        _check_cmap(options.cmap)
-    return options
+    return RenderOptions(**values)  # checks the colormap too
 
 
 def _dtype(value: Any) -> np.dtype[Any] | None:
