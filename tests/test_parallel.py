@@ -25,8 +25,8 @@ def snapshot_folder(folder: Path, frames: int = 9, seed: int = 0) -> Path:
 
 def test_two_workers_write_the_same_bytes(tmp_path: Path) -> None:
     src = snapshot_folder(tmp_path / "w")
-    one = wv.render_file(src, wv.RenderOptions(workers=1), output_dir=tmp_path / "one")
-    two = wv.render_file(src, wv.RenderOptions(workers=2), output_dir=tmp_path / "two")
+    one = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "one", workers=1)
+    two = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "two", workers=2)
     # Three layers on two workers: two written whole by one worker each, the third split into chunks.
     assert [r.layer for r in one.layers] == [r.layer for r in two.layers] == ["fc1", "fc2", "out"]
     assert [r.frames for r in two.layers] == [9, 9, 9]
@@ -42,7 +42,7 @@ def test_per_frame_scale_and_delta_view_with_workers(tmp_path: Path) -> None:
     for opts in (wv.RenderOptions(scale="frame", layers=("fc1",)),
                  wv.RenderOptions(view="delta-step", layers=("fc2",))):
         a = wv.render_file(src, opts, output_dir=tmp_path / "a")
-        wv.render_file(src, opts.replace(workers=2), output_dir=tmp_path / "b")
+        wv.render_file(src, opts, output_dir=tmp_path / "b", workers=2)
         name = a.layers[0].file_name
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not list(tmp_path.rglob("stack-*"))  # prepared stacks are removed
