@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.parallel import FramePool, LayerJob, encode_range
@@ -74,3 +75,23 @@ def test_pool_keeps_order_with_any_chunk_size(tmp_path: Path) -> None:
         assert np.array_equal(got[0].palette, expected[0].palette)
     # A chunk that starts mid-layer is diffed against the frame before it, drawn again.
     assert [f.block for f in encode_range(layer, 3, 6)] == [f.block for f in expected[3:]]
+
+
+def test_workers_draw_mp4_and_html_too_with_the_same_bytes(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w", frames=7, seed=3)
+    opts = wv.RenderOptions(formats=("gif", "html", "mp4"), layers=("fc1", "fc2"))
+    wv.render_file(src, opts, output_dir=tmp_path / "one")
+    wv.render_file(src, opts, output_dir=tmp_path / "two", workers=2)
+    for name in ("fc1.gif", "fc1.html", "fc1.mp4", "fc2.gif", "fc2.html", "fc2.mp4"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert not list(tmp_path.rglob("stack-*"))
+
+
+def test_workers_warn_once_when_an_output_cannot_use_them(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w", frames=4)
+    with pytest.warns(wv.WeightvizWarning, match="--workers 2 is ignored here: --grid") as caught:
+        wv.render_file(src, wv.RenderOptions(grid=True), output_dir=tmp_path / "g", workers=2)
+    assert len(caught) == 1
+    with pytest.warns(wv.WeightvizWarning, match="--workers 2 is ignored here: the HTML player alone"):
+        wv.render_file(src, wv.RenderOptions(formats=("html",)), output_dir=tmp_path / "h", workers=2)
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["fc1.html", "fc2.html", "out.html"]
