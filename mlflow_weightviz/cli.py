@@ -21,7 +21,7 @@ import typer
 
 from mlflow_weightviz import __version__
 from mlflow_weightviz.errors import WeightvizError
-from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View
+from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, Format, Pool, RenderOptions, Scale, View
 
 app = typer.Typer(
     name="mlflow-weightviz",
@@ -61,9 +61,11 @@ def _render_option_params(
     pool: Annotated[Pool, typer.Option(help="How a pooled block becomes one cell.")] = Pool.MEAN,
     row_label: Annotated[str, typer.Option(help="Prefix of row tick labels, e.g. embed_dim_.")] = "",
     col_label: Annotated[str, typer.Option(help="Prefix of column tick labels, e.g. orig_dim_.")] = "",
-    frame_ms: Annotated[int, typer.Option(help="Milliseconds per frame (GIF delays are 10 ms units).")] = 200,
+    frame_ms: Annotated[int, typer.Option(
+        help="Milliseconds per frame (GIF delays are 10 ms units).")] = DEFAULT_FRAME_MS,
     fps: Annotated[Optional[float], typer.Option(help="Frames per second; overrides --frame-ms.")] = None,
-    hold_last_ms: Annotated[int, typer.Option(help="Milliseconds the last frame stays on screen.")] = 1000,
+    hold_last_ms: Annotated[int, typer.Option(
+        help="Milliseconds the last frame stays on screen.")] = DEFAULT_HOLD_LAST_MS,
     loop: Annotated[int, typer.Option(help="Times to loop: 0 forever; -1 plays once.")] = 0,
     max_frames: Annotated[Optional[int], typer.Option(
         help="Sample this many frames evenly (first and last always kept).")] = None,
