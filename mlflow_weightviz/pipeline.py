@@ -7,13 +7,14 @@ folder. Sinks then publish them: renamed into place locally, or logged to the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -407,9 +408,12 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
 
     results: list[LayerResult] = []
     if drawn and workers > 1 and total > workers:
-        for prepared, spec, size, frames in _parallel_frames(layers, options, work, caption, workers):
-            write_frames(Animation(prepared.name, prepared.steps, size), frames, writers_for(prepared, spec), tick)
-            results.append(result(prepared))
+        # closing(): on an error the pool stops and the stacks go at once, not when collected.
+        with contextlib.closing(_parallel_frames(layers, options, work, caption, workers)) as stream:
+            for prepared, spec, size, frames in stream:
+                write_frames(Animation(prepared.name, prepared.steps, size), frames, writers_for(prepared, spec),
+                             tick)
+                results.append(result(prepared))
         return results, step_writers
     for layer, snaps in layers.items():
         prepared = prepare_layer(layer, snaps, options, work)
@@ -443,8 +447,8 @@ def _warn_workers(workers: int, why: str) -> None:
 
 
 def _parallel_frames(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, work: Path,
-                     caption: Caption | None, workers: int) -> Iterator[
-                         tuple[PreparedLayer, Mapping[str, Any], tuple[int, int], Iterator[Frame]]]:
+                     caption: Caption | None, workers: int) -> Generator[
+                         tuple[PreparedLayer, Mapping[str, Any], tuple[int, int], Iterator[Frame]], None, None]:
     """Each layer with its frames drawn and encoded by ``workers`` processes, in order.
 
     Whole layers go to workers while there are at least as many layers left as workers;
