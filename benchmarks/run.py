@@ -155,9 +155,11 @@ def m_render_file(a: dict[str, Any]) -> dict[str, Any]:
 
     import mlflow_weightviz as wv
 
-    opts = wv.RenderOptions(**a["options"])
+    options = dict(a["options"])
+    workers = int(options.pop("workers", 1))  # an argument of render_file, not a render option
+    opts = wv.RenderOptions(**options)
     t0 = time.perf_counter()
-    result = wv.render_file(a["data"], opts, output_dir=a["out_dir"])
+    result = wv.render_file(a["data"], opts, output_dir=a["out_dir"], workers=workers)
     total = time.perf_counter() - t0
     frames = sum(r.frames for r in result.layers)
     gifs = [Path(a["out_dir"]) / r.file_name for r in result.layers]

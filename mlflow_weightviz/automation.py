@@ -200,6 +200,8 @@ class RenderJob:
     artifact_path: str
     tracking_uri: str
     force: bool = False
+    allow_pickle: bool = False
+    draw_workers: int = 1  # processes drawing this run's frames
 
 
 def _worker_setup() -> None:
@@ -241,7 +243,8 @@ def render_job(job: RenderJob, should_stop: Callable[[], bool] | None = None) ->
         warnings.simplefilter("always", WeightvizWarning)
         try:
             result = render_run(job.run_id, job.options, source=job.source, artifact_path=job.artifact_path,
-                                tracking_uri=job.tracking_uri, force=job.force, progress=progress)
+                                tracking_uri=job.tracking_uri, force=job.force, progress=progress,
+                                workers=job.draw_workers, allow_pickle=job.allow_pickle)
         except _Abandoned:
             return outcome(ABANDONED, "stopped before publishing; nothing was logged")
         except SnapshotsNotFoundError as exc:
@@ -335,13 +338,13 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
                       include_running: bool = False, workers: int = 1, scheduler: str | None = None,
                       source: str = "weights", artifact_path: str = "weightviz", tracking_uri: str | None = None,
                       page_size: int = 1000, progress: Callable[[int, int], None] | None = None,
-                      stop: threading.Event | None = None) -> BatchReport:
+                      stop: threading.Event | None = None, allow_pickle: bool = False) -> BatchReport:
     """Render every run of an experiment that has snapshots and is not rendered yet.
 
     Args:
         experiment: Experiment name or id.
-        options: Render options; frames of a run are always drawn by one process here
-            (``options.workers`` is set to 1), the parallelism is over runs.
+        options: Render options; frames of a run are always drawn by one process here,
+            the parallelism is over runs.
         filter_string: An MLflow search filter such as ``"params.lr = '0.1'"``.
         max_runs: Look at no more than this many matching runs (newest first).
         force: Render runs again even if they are up to date.
@@ -358,6 +361,7 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
         page_size: Runs fetched per ``search_runs`` page.
         progress: Called as ``progress(done, total)`` over runs.
         stop: When set, no new run is started; runs in progress finish.
+        allow_pickle: Allow reading Python pickles, which can run arbitrary code.
 
     Returns:
         One outcome per run looked at.
@@ -377,7 +381,7 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
     if max_runs is not None and max_runs < 1:
         msg = f"--max-runs must be at least 1; got {max_runs}"
         raise UsageError(msg)
-    options = (options or RenderOptions()).replace(workers=1)
+    options = options or RenderOptions()
     client = _tracking.client(tracking_uri)
     exp_id, exp_name = _resolve_experiment(client, experiment)
     outcomes: list[RunOutcome] = []
@@ -388,7 +392,8 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
             outcomes.append(RunOutcome(run.info.run_id, RUNNING, name,
                                        f"{run.info.status.lower()} (--include-running renders it)"))
             continue
-        jobs.append((RenderJob(run.info.run_id, name, options, source, artifact_path, client.tracking_uri, force),
+        jobs.append((RenderJob(run.info.run_id, name, options, source, artifact_path, client.tracking_uri, force,
+                               allow_pickle),
                      dict(run.data.tags)))
     total = len(outcomes) + len(jobs)
     if progress is not None:
@@ -570,10 +575,11 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
                      on_start: Callable[[str, str], None] | None = None,
                      on_outcome: Callable[[RunOutcome], None] | None = None,
                      on_error: Callable[[str], None] | None = None,
-                     on_watching: Callable[[str, str], None] | None = None) -> WatchReport:
+                     on_watching: Callable[[str, str], None] | None = None, workers: int = 1,
+                     allow_pickle: bool = False) -> WatchReport:
     """Poll an experiment and render each FINISHED run with snapshots that is not rendered yet.
 
-    Runs are rendered one at a time in this process (``options.workers`` draws the
+    Runs are rendered one at a time in this process (``workers`` processes draw the
     frames). A tracking server that cannot be reached is reported through ``on_error``
     and tried again at the next poll. Each run is claimed before it is rendered, so
     several watchers (and batch or render processes) never render one run twice.
@@ -598,6 +604,8 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
         on_error: Called with a one-line message when a poll fails.
         on_watching: Called as ``on_watching(experiment_id, experiment_name)`` once the
             experiment has been found.
+        workers: Processes drawing each run's frames.
+        allow_pickle: Allow reading Python pickles, which can run arbitrary code.
 
     Returns:
         What was done. Runs that are up to date or have no snapshots are remembered and
@@ -643,7 +651,7 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
                 on_error(f"{_one_line(str(exc))}; trying again in {interval:g} s")
         else:
             complete = _watch_pass(runs, options, source, artifact_path, client.tracking_uri, stop, report,
-                                   handled, attempts, on_start, on_outcome, on_error)
+                                   handled, attempts, on_start, on_outcome, on_error, workers, allow_pickle)
             if complete:
                 last_complete = poll_start
                 last_full = poll_start if full else last_full
@@ -658,12 +666,13 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
 def _watch_pass(runs: list[Run], options: RenderOptions, source: str, artifact_path: str, tracking_uri: str,
                 stop: threading.Event, report: WatchReport, handled: set[str], attempts: dict[str, int],
                 on_start: Callable[[str, str], None] | None, on_outcome: Callable[[RunOutcome], None] | None,
-                on_error: Callable[[str], None] | None) -> bool:
+                on_error: Callable[[str], None] | None, workers: int = 1, allow_pickle: bool = False) -> bool:
     """Render the candidates of one poll; true when every one was dealt with."""
     for run in runs:
         if stop.is_set():
             return False
-        job = RenderJob(run.info.run_id, _run_name(run), options, source, artifact_path, tracking_uri)
+        job = RenderJob(run.info.run_id, _run_name(run), options, source, artifact_path, tracking_uri,
+                        allow_pickle=allow_pickle, draw_workers=workers)
         if on_start is not None:
             on_start(job.run_id, job.run_name)
         outcome = render_job(job, should_stop=stop.is_set)

@@ -21,7 +21,7 @@ import typer
 
 from mlflow_weightviz import __version__
 from mlflow_weightviz.errors import WeightvizError
-from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View
+from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, Format, Pool, RenderOptions, Scale, View
 
 app = typer.Typer(
     name="mlflow-weightviz",
@@ -61,9 +61,11 @@ def _render_option_params(
     pool: Annotated[Pool, typer.Option(help="How a pooled block becomes one cell.")] = Pool.MEAN,
     row_label: Annotated[str, typer.Option(help="Prefix of row tick labels, e.g. embed_dim_.")] = "",
     col_label: Annotated[str, typer.Option(help="Prefix of column tick labels, e.g. orig_dim_.")] = "",
-    frame_ms: Annotated[int, typer.Option(help="Milliseconds per frame (GIF delays are 10 ms units).")] = 200,
+    frame_ms: Annotated[int, typer.Option(
+        help="Milliseconds per frame (GIF delays are 10 ms units).")] = DEFAULT_FRAME_MS,
     fps: Annotated[Optional[float], typer.Option(help="Frames per second; overrides --frame-ms.")] = None,
-    hold_last_ms: Annotated[int, typer.Option(help="Milliseconds the last frame stays on screen.")] = 1000,
+    hold_last_ms: Annotated[int, typer.Option(
+        help="Milliseconds the last frame stays on screen.")] = DEFAULT_HOLD_LAST_MS,
     loop: Annotated[int, typer.Option(help="Times to loop: 0 forever; -1 plays once.")] = 0,
     max_frames: Annotated[Optional[int], typer.Option(
         help="Sample this many frames evenly (first and last always kept).")] = None,
@@ -86,13 +88,28 @@ def _render_option_params(
     grid: Annotated[bool, typer.Option(
         "--grid", help="Draw all layers side by side in one grid.gif, one frame per step.")] = False,
 ) -> RenderOptions:
+    del allow_pickle, workers  # not render options: the commands pass them on (see _Options.run_args)
     return RenderOptions(
         layers=tuple(layer or ()), scale=scale, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, fmt=fmt,
         max_rows=max_rows, max_cols=max_cols, pool=pool, row_label=row_label, col_label=col_label,
         frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
-        max_frames=max_frames, dpi=dpi, view=view, allow_pickle=allow_pickle, workers=workers,
+        max_frames=max_frames, dpi=dpi, view=view,
         formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid,
         step_images=step_images_every if step_images_every is not None else (1 if step_images else None))
+
+
+class _Options:
+    """The shared render options of a command: ``options()`` builds :class:`RenderOptions`."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __call__(self) -> RenderOptions:
+        return _render_option_params(**self._values)
+
+    def run_args(self) -> dict[str, Any]:
+        """``workers`` and ``allow_pickle``, which go to the render functions beside the options."""
+        return {k: self._values[k] for k in ("workers", "allow_pickle") if k in self._values}
 
 
 def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -108,8 +125,7 @@ def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
-        values = {name: kwargs.pop(name) for name in shared}
-        command(options=functools.partial(_render_option_params, **values), **kwargs)
+        command(options=_Options({name: kwargs.pop(name) for name in shared}), **kwargs)
 
     params = own + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shared.values()]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -210,7 +226,7 @@ def _report(result: Any) -> None:
 @with_render_options
 def render(
     run_id: Annotated[str, typer.Argument(help="The MLflow run whose snapshots to render.")],
-    options: Callable[[], RenderOptions],
+    options: _Options,
     source: Source = "weights",
     artifact_path: Annotated[str, typer.Option(help="Where the GIFs go in the run.")] = "weightviz",
     tracking_uri: TrackingUri = None,
@@ -228,7 +244,8 @@ def render(
         opts = options()
         with _progress(quiet, "rendering") as progress:
             result = render_run(run_id, opts, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri,
-                                log=log, force=force, out=out, output_dir=output_dir, progress=progress)
+                                log=log, force=force, out=out, output_dir=output_dir, progress=progress,
+                                **options.run_args())
         _report(result)
 
 
@@ -236,7 +253,7 @@ def render(
 @with_render_options
 def render_file(
     path: Annotated[Path, typer.Argument(help="A snapshot file or folder (.npz, .npy, .safetensors, .pt, pickle).")],
-    options: Callable[[], RenderOptions],
+    options: _Options,
     out: Annotated[Optional[Path], typer.Option(help="Output GIF (one layer).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(
         help="Folder for the GIFs, one per layer; the current folder by default.")] = None,
@@ -249,7 +266,8 @@ def render_file(
 
         opts = options()
         with _progress(quiet, "rendering") as progress:
-            result = render_file_api(path, opts, out=out, output_dir=output_dir, progress=progress)
+            result = render_file_api(path, opts, out=out, output_dir=output_dir, progress=progress,
+                                     **options.run_args())
         _report(result)
 
 
@@ -305,7 +323,7 @@ def _warn_outcomes(outcomes: Any) -> None:
 @app.command()
 @with_render_options
 def batch(
-    options: Callable[[], RenderOptions],
+    options: _Options,
     experiment: Experiment,
     filter_string: RunFilter = None,
     max_runs: Annotated[Optional[int], typer.Option(help="Look at no more than this many matching runs, newest "
@@ -338,7 +356,8 @@ def batch(
             report = render_experiment(
                 experiment, opts, filter_string=filter_string, max_runs=max_runs, force=force, dry_run=dry_run,
                 include_running=include_running, workers=workers, scheduler=scheduler, source=source,
-                artifact_path=artifact_path, tracking_uri=tracking_uri, progress=progress, stop=stop)
+                artifact_path=artifact_path, tracking_uri=tracking_uri, progress=progress, stop=stop,
+                **options.run_args())
         _warn_outcomes(report.outcomes)
         console = Console(width=max(100, Console().width))
         title = f"{'dry run: ' if dry_run else ''}experiment {report.experiment_name} ({report.experiment_id})"
@@ -377,7 +396,7 @@ def batch(
 @app.command()
 @with_render_options
 def watch(
-    options: Callable[[], RenderOptions],
+    options: _Options,
     experiment: Experiment,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 30.0,
     since: Annotated[Optional[str], typer.Option(
@@ -424,7 +443,8 @@ def watch(
             report = watch_experiment(
                 experiment, opts, interval=interval, since=since, once=once, max_iterations=max_iterations,
                 filter_string=filter_string, source=source, artifact_path=artifact_path, tracking_uri=tracking_uri,
-                stop=stop, on_start=started, on_outcome=finished, on_error=error, on_watching=watching)
+                stop=stop, on_start=started, on_outcome=finished, on_error=error, on_watching=watching,
+                **options.run_args())
         how = f"stopped by {report.stopped_by}" if report.stopped_by else "done"
         sys.stderr.write(f"watch {how} after {report.polls} poll(s): {_counts_line(report.counts())}\n")
         if report.failed:

@@ -19,20 +19,22 @@ writer only puts the blocks in order: the file is the same whoever encoded them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
 from mlflow_weightviz._files import atomic_file
-from mlflow_weightviz.options import MIN_FRAME_MS
+from mlflow_weightviz.options import DEFAULT_FRAME_MS, MIN_FRAME_MS, GifOptions
 
-__all__ = ["TRANSPARENT", "FrameEncoder", "GifEncoder", "Quantizer", "build_palette", "changed_box", "encode_image",
-           "frames_to_gif"]
+__all__ = ["TRANSPARENT", "Animation", "Frame", "FrameEncoder", "FrameWriter", "GifEncoder", "GifWriter",
+           "Quantizer", "StepImageWriter", "build_palette", "changed_box", "encode_image", "frames_to_gif", "saving"]
 
 _MAX_DELAY_MS = 655_350  # the GIF delay field is 16 bits of 10 ms
 #: Palette index of "unchanged" pixels inside a frame's changed rectangle.
@@ -157,7 +159,12 @@ class FrameEncoder:
 
     def __init__(self, table: np.ndarray) -> None:
         self.quantize = Quantizer(table)
+        self.table = self.quantize.table
         self.previous: np.ndarray | None = None
+
+    def reset(self, rgb: np.ndarray) -> None:
+        """Make ``rgb`` the previous frame without encoding it (a worker starting mid-layer)."""
+        self.previous = self.quantize(rgb)
 
     def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None) -> bytes | None:
         """The image block of one frame, or ``None`` when it equals the previous frame.
@@ -186,7 +193,7 @@ class GifEncoder:
 
     Use it as a context manager, which always finishes (or, on error, stops) the file::
 
-        with GifEncoder(fh, frame_ms=200) as gif:
+        with GifEncoder(fh, frame_ms=100) as gif:
             for frame in frames:
                 gif.add_frame(frame)
 
@@ -201,7 +208,13 @@ class GifEncoder:
         palette_colors: (K, 3) uint8 colours that must be in the palette.
     """
 
-    def __init__(self, fh: IO[bytes], *, frame_ms: int = 200, hold_last_ms: int | None = None,
+    @classmethod
+    def from_options(cls, fh: IO[bytes], gif: GifOptions, *, palette_colors: np.ndarray | None = None) -> GifEncoder:
+        """An encoder with the checked timing of ``gif``."""
+        return cls(fh, frame_ms=gif.frame_ms, hold_last_ms=gif.hold_last_ms, loop=gif.loop,
+                   palette_colors=palette_colors)
+
+    def __init__(self, fh: IO[bytes], *, frame_ms: int = DEFAULT_FRAME_MS, hold_last_ms: int | None = None,
                  loop: int | None = 0, palette_colors: np.ndarray | None = None) -> None:
         self._fh = fh
         self._frame_ms = max(MIN_FRAME_MS, int(round(frame_ms / 10)) * 10)
@@ -290,7 +303,7 @@ class GifEncoder:
         self._pending = None
 
 
-def frames_to_gif(frames: Iterable[Any], path: str | os.PathLike[str], *, frame_ms: int = 200,
+def frames_to_gif(frames: Iterable[Any], path: str | os.PathLike[str], *, frame_ms: int = DEFAULT_FRAME_MS,
                   hold_last_ms: int | None = None, loop: int | None = 0,
                   palette_colors: np.ndarray | None = None) -> Path:
     """Write RGB frames (uint8 arrays or Pillow images) to an animated GIF.
@@ -348,3 +361,200 @@ def _colour_cube() -> np.ndarray:
     """An even 5×6×5 RGB cube (150 colours): every colour has a near neighbour."""
     r, g, b = np.meshgrid(np.linspace(0, 255, 5), np.linspace(0, 255, 6), np.linspace(0, 255, 5), indexing="ij")
     return np.round(np.stack([r, g, b], axis=-1).reshape(-1, 3)).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ writers
+
+
+@dataclass(frozen=True)
+class Animation:
+    """What every writer learns before the first frame of one animation (a layer, or the montage).
+
+    Attributes:
+        name: The layer (or ``grid``).
+        steps: Every frame's step, in order; ``len(steps)`` frames follow.
+        size: The frames' ``(width, height)`` in pixels; ``None`` when nothing is drawn.
+        palette: The GIF's (256, 3) uint8 colour table; ``None`` when nothing is drawn.
+    """
+
+    name: str
+    steps: tuple[int, ...]
+    size: tuple[int, int] | None = None
+    palette: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame on its way to the writers.
+
+    Attributes:
+        index: Its place in the animation, from 0.
+        step: The training step it shows.
+        title: Its title.
+        values: The values drawn (rows, cols), or ``None`` (the montage).
+        limits: Its colour scale ``(vmin, vmax)``, or ``None`` (the montage).
+        block: Its GIF image block (see :func:`encode_image`); ``None`` when it shows the
+            same picture as the frame before, or when nothing is drawn.
+        indices: Its (H, W) palette indices, exactly what the GIF shows; ``None`` when not needed.
+        palette: The (256, 3) uint8 colour table of ``indices``.
+    """
+
+    index: int
+    step: int
+    title: str = ""
+    values: np.ndarray | None = None
+    limits: tuple[float, float] | None = None
+    block: bytes | None = None
+    indices: np.ndarray | None = None
+    palette: np.ndarray | None = None
+
+    def shown(self) -> np.ndarray:
+        """The (H, W, 3) uint8 picture the GIF shows for this frame."""
+        if self.indices is None or self.palette is None:
+            msg = "this frame was not drawn"
+            raise ValueError(msg)
+        return np.asarray(self.palette[self.indices])
+
+
+class FrameWriter(Protocol):
+    """One output file (or set of files) fed frame by frame, in matplotlib's ``setup / grab / finish`` shape.
+
+    Writers are driven through :func:`saving`, which always calls :meth:`finish` on
+    success and :meth:`abort` on error.
+
+    Attributes:
+        pixels: ``"blocks"`` when the writer needs each frame's GIF block, ``"shown"`` when
+            it needs the pictures (:attr:`Frame.indices`), ``""`` when values are enough.
+    """
+
+    pixels: str
+
+    def setup(self, animation: Animation) -> None:
+        """Start the output, before the first frame."""
+
+    def add_frame(self, frame: Frame) -> None:
+        """Add the next frame."""
+
+    def finish(self) -> None:
+        """Complete the output."""
+
+    def abort(self) -> None:
+        """Remove whatever was half-written (called on error instead of :meth:`finish`)."""
+
+
+@contextlib.contextmanager
+def saving(writers: Sequence[FrameWriter]) -> Iterator[Sequence[FrameWriter]]:
+    """Finish every writer when the block succeeds; abort them all (remove half-written files) when it fails."""
+    try:
+        yield writers
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    done = 0
+    try:
+        for writer in writers:
+            writer.finish()
+            done += 1
+    except BaseException:
+        for writer in writers[done:]:
+            writer.abort()
+        raise
+
+
+class GifWriter:
+    """Writes frames' GIF image blocks (drawn here or by workers) to an animated GIF.
+
+    Args:
+        path: The GIF to write.
+        gif: The timing.
+    """
+
+    pixels = "blocks"
+
+    def __init__(self, path: Path, gif: GifOptions) -> None:
+        self.path = path
+        self._gif = gif
+        self._fh: IO[bytes] | None = None
+        self._encoder: GifEncoder | None = None
+
+    def setup(self, animation: Animation) -> None:
+        """Open the file and write the header with the animation's palette."""
+        from mlflow_weightviz.errors import OutputError
+
+        assert animation.palette is not None
+        assert animation.size is not None
+        try:
+            self._fh = self.path.open("wb")
+            self._encoder = GifEncoder.from_options(self._fh, self._gif)
+            self._encoder.start(animation.palette, animation.size)
+        except OSError as exc:
+            msg = f"cannot write {self.path.name}: {exc.strerror or exc}"
+            raise OutputError(msg) from exc
+
+    def add_frame(self, frame: Frame) -> None:
+        """Add the frame's block (``None`` shows the previous frame longer)."""
+        assert self._encoder is not None
+        self._encoder.add_block(frame.block)
+
+    def finish(self) -> None:
+        """Write the last frame and the trailer."""
+        from mlflow_weightviz.errors import OutputError
+
+        assert self._encoder is not None
+        assert self._fh is not None
+        try:
+            self._encoder.finish()
+            self._fh.close()
+        except OSError as exc:
+            self.abort()
+            msg = f"cannot write {self.path.name}: {exc.strerror or exc}"
+            raise OutputError(msg) from exc
+
+    def abort(self) -> None:
+        """Close and remove the half-written file."""
+        if self._fh is not None:
+            self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class StepImageWriter:
+    """Keeps every ``every``-th frame (and the last) as the GIF shows it, with its step, for MLflow step images.
+
+    The frames are kept as ``.npy`` files in ``folder`` (not in memory) until
+    :meth:`frames` hands them to the sink.
+    """
+
+    pixels = "shown"
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder = folder
+        self._every = every
+        self._last = -1
+        self._saved: list[tuple[int, Path]] = []
+
+    def setup(self, animation: Animation) -> None:
+        """Make the folder; the last frame is always kept."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._last = len(animation.steps) - 1
+
+    def add_frame(self, frame: Frame) -> None:
+        """Keep the frame if it is every ``every``-th or the last."""
+        if frame.index % self._every == 0 or frame.index == self._last:
+            path = self.folder / f"{frame.index:08d}.npy"
+            np.save(path, frame.shown())
+            self._saved.append((frame.step, path))
+
+    def finish(self) -> None:
+        """Nothing to complete: the frames are on disk."""
+
+    def abort(self) -> None:
+        """Remove the kept frames."""
+        for _, path in self._saved:
+            path.unlink(missing_ok=True)
+        self._saved.clear()
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The kept (step, RGB frame) pairs, in order."""
+        for step, path in self._saved:
+            yield step, np.load(path)

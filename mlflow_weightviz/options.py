@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 from mlflow_weightviz.errors import UsageError
 
-__all__ = ["Format", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning"]
+__all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MIN_FRAME_MS", "Format", "GifOptions", "LookOptions",
+           "OutputOptions", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
@@ -54,23 +55,25 @@ def _round_delay(ms: float) -> int:
     return int(round(ms / 10.0)) * 10
 
 
-@dataclass(frozen=True, kw_only=True)
-class RenderOptions:
-    """How snapshots are selected, drawn and encoded.
+#: Display time of one frame, in milliseconds, unless told otherwise (every writer's default).
+DEFAULT_FRAME_MS = 200
+#: Display time of the last frame, so the end state can be read.
+DEFAULT_HOLD_LAST_MS = 1000
 
-    Every field has a default that gives a readable GIF, so ``RenderOptions()`` is a
-    complete configuration. Values are checked when the object is made.
+
+@dataclass(frozen=True, kw_only=True)
+class LookOptions:
+    """How each frame looks: colours, numbers, pooling, labels, resolution and view.
 
     Attributes:
-        layers: Layer names or shell-style globs to render; empty means all layers.
         scale: ``global`` uses one colour scale for all frames of a layer, ``frame``
             rescales every frame.
         vmin: Fixed lower end of the colour scale.
         vmax: Fixed upper end of the colour scale.
-        cmap: A matplotlib colormap name. By default a diverging map centred on 0 is
-            used when a layer has both signs, and a sequential one otherwise.
-        annotate: Write each cell's value in the cell. ``None`` decides from the cell
-            size.
+        cmap: A matplotlib colormap name, checked when the options are made. By default
+            a diverging map centred on 0 is used when a layer has both signs, and a
+            sequential one otherwise.
+        annotate: Write each cell's value in the cell. ``None`` decides from the cell size.
         fmt: A ``str.format`` pattern for the cell values such as ``"{x:.3f}"``.
             ``None`` picks a precision that shows the change between frames.
         max_rows: Larger matrices are block-pooled down to this many rows.
@@ -78,25 +81,10 @@ class RenderOptions:
         pool: How a block is reduced: its mean, or its value of largest magnitude.
         row_label: Prefix of the row tick labels.
         col_label: Prefix of the column tick labels.
-        frame_ms: Display time of each frame in milliseconds.
-        fps: Frames per second; an alternative to ``frame_ms``.
-        hold_last_ms: Display time of the last frame, so the end state can be read.
-        loop: GIF loop count: 0 loops forever, ``None`` plays once.
-        max_frames: Sample this many frames evenly, always keeping the first and last.
         dpi: Resolution of the drawn figure.
-        allow_pickle: Allow reading Python pickles, which can run arbitrary code.
-        workers: Processes that draw frames in parallel.
         view: Show the weights, or their change since the start or since the last frame.
-        formats: Files to write: ``gif``, ``html`` (an interactive player with the exact
-            values) and/or ``mp4``.
-        step_images: Also log every k-th frame (and the last) as an MLflow image with its
-            step, for the run's image slider; ``None`` logs none. Needs a run.
-        caption_metric: A run metric whose value at or before each frame's step is written
-            under the frame's title. Needs a run.
-        grid: Draw all layers side by side in one frame per step, into one ``grid`` file.
     """
 
-    layers: tuple[str, ...] = ()
     scale: Scale = Scale.GLOBAL
     vmin: float | None = None
     vmax: float | None = None
@@ -108,29 +96,103 @@ class RenderOptions:
     pool: Pool = Pool.MEAN
     row_label: str = ""
     col_label: str = ""
-    frame_ms: int = 200
-    fps: float | None = None
-    hold_last_ms: int = 1000
-    loop: int | None = 0
-    max_frames: int | None = None
     dpi: int = 100
-    allow_pickle: bool = False
-    workers: int = 1
     view: View = View.WEIGHTS
-    formats: tuple[Format, ...] = (Format.GIF,)
-    step_images: int | None = None
-    caption_metric: str | None = None
-    grid: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through object.__setattr__
-        set_(self, "layers", tuple(self.layers))
         set_(self, "scale", _enum(Scale, self.scale, "scale"))
         set_(self, "pool", _enum(Pool, self.pool, "pool"))
         set_(self, "view", _enum(View, self.view, "view"))
+        if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
+            msg = f"vmin must be below vmax; got vmin={self.vmin} and vmax={self.vmax}"
+            raise UsageError(msg)
+        if self.fmt is not None:
+            try:
+                self.fmt.format(x=0.5)
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+                msg = f"fmt must be a format pattern using {{x}}, such as '{{x:.3f}}'; got {self.fmt!r} ({exc})"
+                raise UsageError(msg) from None
+        for name in ("max_rows", "max_cols", "dpi"):
+            if getattr(self, name) < 1:
+                msg = f"{name} must be at least 1; got {getattr(self, name)}"
+                raise UsageError(msg)
+        if self.cmap is not None:
+            import matplotlib as mpl  # only when a colormap is named: plain options stay light
+
+            if self.cmap not in mpl.colormaps:
+                msg = (f"unknown colormap {self.cmap!r}; try viridis, magma, YlGn, RdBu_r or any matplotlib "
+                       "colormap name")
+                raise UsageError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GifOptions:
+    """The timing of every animation (GIF, MP4, HTML player), checked once here.
+
+    Attributes:
+        frame_ms: Display time of each frame in milliseconds, rounded to the GIF's
+            10 ms units and at least :data:`MIN_FRAME_MS` (with a warning).
+        hold_last_ms: Display time of the last frame, so the end state can be read.
+        loop: GIF loop count: 0 loops forever, ``None`` plays once.
+        fps: Frames per second; an alternative to ``frame_ms`` (not stored).
+    """
+
+    frame_ms: int = DEFAULT_FRAME_MS
+    hold_last_ms: int = DEFAULT_HOLD_LAST_MS
+    loop: int | None = 0
+    fps: InitVar[float | None] = None
+
+    def __post_init__(self, fps: float | None) -> None:
+        set_ = object.__setattr__
+        if self.loop is not None and not 0 <= self.loop <= 65535:
+            msg = f"loop must be between 0 (forever) and 65535; got {self.loop}"
+            raise UsageError(msg)
+        frame_ms: float = self.frame_ms
+        if fps is not None:
+            if fps <= 0:
+                msg = f"fps must be positive; got {fps}"
+                raise UsageError(msg)
+            frame_ms = 1000.0 / fps
+        if self.hold_last_ms < 0:
+            msg = f"hold_last_ms must not be negative; got {self.hold_last_ms}"
+            raise UsageError(msg)
+        rounded = _round_delay(frame_ms)
+        if rounded < MIN_FRAME_MS:
+            warnings.warn(
+                f"frame delay {frame_ms:g} ms raised to {MIN_FRAME_MS} ms: "
+                "browsers play GIF delays of 10 ms or less as 100 ms",
+                WeightvizWarning,
+                stacklevel=4,
+            )
+            rounded = MIN_FRAME_MS
+        set_(self, "frame_ms", rounded)
+        set_(self, "hold_last_ms", _round_delay(self.hold_last_ms))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions:
+    """Which files are made besides nothing else: formats, the montage, step images, the caption.
+
+    Attributes:
+        formats: Files to write: ``gif``, ``html`` (an interactive player with the exact
+            values) and/or ``mp4``.
+        grid: Draw all layers side by side in one frame per step, into one ``grid`` file.
+        step_images: Also log every k-th frame (and the last) as an MLflow image with its
+            step, for the run's image slider; ``None`` logs none. Needs a run.
+        caption_metric: A run metric whose value at or before each frame's step is written
+            under the frame's title. Needs a run.
+    """
+
+    formats: tuple[Format, ...] = (Format.GIF,)
+    grid: bool = False
+    step_images: int | None = None
+    caption_metric: str | None = None
+
+    def __post_init__(self) -> None:
         given: Any = self.formats  # a single "gif" is accepted too
         formats = (given,) if isinstance(given, str) else tuple(given)
-        set_(self, "formats", tuple(dict.fromkeys(_enum(Format, f, "format") for f in formats)))
+        object.__setattr__(self, "formats", tuple(dict.fromkeys(_enum(Format, f, "format") for f in formats)))
         if not self.formats:
             msg = "formats must name at least one of 'gif', 'html', 'mp4'; got none"
             raise UsageError(msg)
@@ -144,60 +206,100 @@ class RenderOptions:
             msg = ("--grid draws all layers into one GIF or MP4, but the HTML player shows one layer: "
                    "use --format gif/mp4 with --grid, or drop --grid")
             raise UsageError(msg)
-        if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
-            msg = f"vmin must be below vmax; got vmin={self.vmin} and vmax={self.vmax}"
+
+
+_GROUPS: dict[str, type[Any]] = {"look": LookOptions, "gif": GifOptions, "outputs": OutputOptions}
+#: Every flat keyword of :class:`RenderOptions` and the group it belongs to ("" = the options themselves).
+_KEYWORDS: dict[str, str] = {
+    "layers": "", "max_frames": "",
+    **{f.name: "look" for f in fields(LookOptions)},
+    **{f.name: "gif" for f in fields(GifOptions)}, "fps": "gif",
+    **{f.name: "outputs" for f in fields(OutputOptions)},
+}
+#: Flat names in the order the fingerprint has always listed them.
+_FINGERPRINT = ("layers", "scale", "vmin", "vmax", "cmap", "annotate", "fmt", "max_rows", "max_cols", "pool",
+                "row_label", "col_label", "frame_ms", "hold_last_ms", "loop", "max_frames", "dpi", "view",
+                "formats", "step_images", "caption_metric", "grid")
+
+
+@dataclass(frozen=True, init=False)
+class RenderOptions:
+    """How snapshots are selected, drawn and timed, and which files are made.
+
+    Every field has a default that gives a readable GIF, so ``RenderOptions()`` is a
+    complete configuration. Values are checked when the object is made.
+
+    The options come in groups: :attr:`look` (:class:`LookOptions`), :attr:`gif`
+    (:class:`GifOptions`, the timing) and :attr:`outputs` (:class:`OutputOptions`). Any
+    field of a group can also be given (and read) flat, e.g.
+    ``RenderOptions(cmap="viridis", fps=10).look.cmap``.
+
+    Attributes:
+        layers: Layer names or shell-style globs to render; empty means all layers.
+        max_frames: Sample this many frames evenly, always keeping the first and last.
+        look: Colours, numbers, pooling, labels, resolution and view.
+        gif: Frame time, the hold of the last frame and the loop count.
+        outputs: Formats, the ``--grid`` montage, step images and the caption metric.
+    """
+
+    layers: tuple[str, ...]
+    max_frames: int | None
+    look: LookOptions
+    gif: GifOptions
+    outputs: OutputOptions
+
+    def __init__(self, *, layers: Any = (), max_frames: int | None = None, look: LookOptions | None = None,
+                 gif: GifOptions | None = None, outputs: OutputOptions | None = None, **flat: Any) -> None:
+        unknown = sorted(set(flat) - set(_KEYWORDS))
+        if unknown:
+            hint = ""
+            if {"workers", "allow_pickle"} & set(unknown):
+                hint = " (workers and allow_pickle are arguments of render_run, render_file and inspect_*)"
+            msg = (f"unknown render option(s) {', '.join(unknown)}{hint}; the render options are: "
+                   f"{', '.join(sorted(_KEYWORDS))}")
             raise UsageError(msg)
-        if self.fmt is not None:
-            try:
-                self.fmt.format(x=0.5)
-            except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
-                msg = f"fmt must be a format pattern using {{x}}, such as '{{x:.3f}}'; got {self.fmt!r} ({exc})"
-                raise UsageError(msg) from None
-        for name in ("max_rows", "max_cols", "dpi", "workers"):
-            if getattr(self, name) < 1:
-                msg = f"{name} must be at least 1; got {getattr(self, name)}"
-                raise UsageError(msg)
-        if self.max_frames is not None and self.max_frames < 2:
-            msg = f"max_frames must be at least 2 (the first and last frame); got {self.max_frames}"
+        groups: dict[str, Any] = {"look": look, "gif": gif, "outputs": outputs}
+        for group, kind in _GROUPS.items():
+            given = {k: v for k, v in flat.items() if _KEYWORDS[k] == group}
+            base = groups[group]
+            groups[group] = kind(**given) if base is None else replace(base, **given) if given else base
+        if max_frames is not None and max_frames < 2:
+            msg = f"max_frames must be at least 2 (the first and last frame); got {max_frames}"
             raise UsageError(msg)
-        if self.loop is not None and not 0 <= self.loop <= 65535:
-            msg = f"loop must be between 0 (forever) and 65535; got {self.loop}"
-            raise UsageError(msg)
-        if self.fps is not None:
-            if self.fps <= 0:
-                msg = f"fps must be positive; got {self.fps}"
-                raise UsageError(msg)
-            set_(self, "frame_ms", 1000.0 / self.fps)
-        if self.hold_last_ms < 0:
-            msg = f"hold_last_ms must not be negative; got {self.hold_last_ms}"
-            raise UsageError(msg)
-        frame_ms = _round_delay(self.frame_ms)
-        if frame_ms < MIN_FRAME_MS:
-            warnings.warn(
-                f"frame delay {self.frame_ms:g} ms raised to {MIN_FRAME_MS} ms: "
-                "browsers play GIF delays of 10 ms or less as 100 ms",
-                WeightvizWarning,
-                stacklevel=3,
-            )
-            frame_ms = MIN_FRAME_MS
-        set_(self, "frame_ms", frame_ms)
-        set_(self, "hold_last_ms", _round_delay(self.hold_last_ms))
+        set_ = object.__setattr__  # frozen
+        set_(self, "layers", tuple(layers))
+        set_(self, "max_frames", max_frames)
+        for group, value in groups.items():
+            set_(self, group, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Flat reads (options.cmap, options.frame_ms) go to the field's group.
+        group = _KEYWORDS.get(name) if name != "fps" else None
+        if not group:
+            msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+            raise AttributeError(msg)
+        return getattr(object.__getattribute__(self, group), name)
+
+    @staticmethod
+    def keywords() -> tuple[str, ...]:
+        """Every flat keyword ``RenderOptions(...)`` accepts, sorted."""
+        return tuple(sorted(_KEYWORDS))
 
     def replace(self, **changes: Any) -> RenderOptions:
-        """Return a copy with some fields changed (and checked again)."""
-        changes.setdefault("fps", None)
-        return replace(self, **changes)
+        """Return a copy with some fields (flat or whole groups) changed, and checked again."""
+        base: dict[str, Any] = {"layers": self.layers, "max_frames": self.max_frames, "look": self.look,
+                                "gif": self.gif, "outputs": self.outputs}
+        base.update(changes)
+        return RenderOptions(**base)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the rendered output, as plain JSON-able values."""
         out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            if name in {"allow_pickle", "workers", "fps"}:
-                continue
+        for name in _FINGERPRINT:
             value = getattr(self, name)
             out[name] = value.value if isinstance(value, enum.Enum) else value
         out["layers"] = list(self.layers)
-        out["formats"] = [f.value for f in self.formats]
+        out["formats"] = [f.value for f in self.outputs.formats]
         return out
 
 

@@ -1,20 +1,20 @@
-"""Drawing and encoding frames in worker processes (``RenderOptions.workers``).
+"""Drawing and encoding frames in worker processes (``workers=N``).
 
 The main process prepares each layer into a memory-mapped stack on disk (see
 :mod:`mlflow_weightviz.grid`) and describes it as a :class:`LayerJob`: the stack's path,
 the renderer's arguments, and every frame's title and colour scale.
 
-With at least as many layers as workers, each worker writes whole layers' GIFs
-(:meth:`FramePool.write_layers`) with the single-process loop itself, so no renderer is
-built twice. Otherwise workers take contiguous chunks of frames; each builds its own
-renderer once per layer, reads its frames from the stack by index, and returns finished
-GIF image blocks (quantized to the shared palette, cropped to the changed rectangle,
-LZW-compressed). The main process only writes the blocks in order, so:
+Workers only produce frames: each task is a contiguous range of a layer's frames (a
+whole layer while there are at least as many layers left as workers, so no renderer is
+built twice), and comes back as finished GIF image blocks (quantized to the shared
+palette, cropped to the changed rectangle, LZW-compressed) and, when an MP4 or step
+images want the pictures, their palette indices. The main process sends them through
+the one frame loop to every writer (:mod:`mlflow_weightviz.pipeline`), so:
 
 * frames keep their order and the GIF is byte for byte the single-process one: every
   worker derives the same palette from frame 0, and a chunk is diffed against the frame
   before it, which the worker draws again when it does not have it;
-* memory stays flat: only a bounded number of chunks are in flight, and what comes back
+* memory stays flat: only a bounded number of tasks are in flight, and what comes back
   is compressed.
 
 Workers are forked directly when the parent has no other threads (Linux), else started
@@ -33,11 +33,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["EncodedFrame", "FramePool", "GifSpec", "LayerJob", "encode_range", "write_layer"]
+if TYPE_CHECKING:
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+__all__ = ["EncodedFrame", "FramePool", "LayerJob", "build_renderer", "encode_range"]
 
 _PRELOAD = ("numpy", "PIL.Image", "PIL.GifImagePlugin", "matplotlib.figure", "matplotlib.backends.backend_agg",
             "mlflow_weightviz.frames", "mlflow_weightviz.encoders", "mlflow_weightviz.parallel")
@@ -54,7 +57,7 @@ class LayerJob:
         key: Unique within one render; workers keep a renderer per key.
         stack_path: A ``.npy`` file of shape (frames, rows, cols) with the values to draw.
         renderer: Keyword arguments of :class:`~mlflow_weightviz.frames.HeatmapRenderer`
-            (``grid`` included); plain values, so they pickle.
+            (``grid`` included); plain values, so they pickle (see :func:`build_renderer`).
         titles: Every frame's title.
         limits: Every frame's colour scale ``(vmin, vmax)``.
     """
@@ -71,6 +74,15 @@ class LayerJob:
         return len(self.titles)
 
 
+def build_renderer(spec: Mapping[str, Any]) -> HeatmapRenderer:
+    """The heatmap renderer of a :attr:`LayerJob.renderer` spec (``grid`` and keyword arguments): the one builder."""
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+    kwargs = dict(spec)
+    rows, cols = tuple(kwargs.pop("grid"))
+    return HeatmapRenderer((int(rows), int(cols)), **kwargs)
+
+
 @dataclass(frozen=True)
 class EncodedFrame:
     """One frame as a GIF image block, in order.
@@ -81,6 +93,7 @@ class EncodedFrame:
         block: The image block, or ``None`` when the frame equals the one before.
         palette: The GIF's (256, 3) uint8 colour table, given with frame 0 only.
         size: The frame size ``(width, height)`` in pixels.
+        indices: The frame's (H, W) palette indices, when they were asked for.
     """
 
     job: LayerJob
@@ -88,6 +101,7 @@ class EncodedFrame:
     block: bytes | None
     palette: np.ndarray | None
     size: tuple[int, int]
+    indices: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -98,38 +112,27 @@ class _Task:
     first: tuple[str, tuple[float, float]]
     start: int
     stop: int
+    total: int
     titles: tuple[str, ...]  # frames max(0, start - 1) .. stop - 1
     limits: tuple[tuple[float, float], ...]
+    indices: bool
 
 
 class _LayerState:
-    """What a worker keeps for the layer it is drawing: renderer, stack, palette, last frame."""
+    """What a worker keeps for the layer it is drawing: renderer, stack, and the encoder (palette, last frame)."""
 
     def __init__(self, task: _Task) -> None:
-        from mlflow_weightviz.encoders import Quantizer, build_palette
-        from mlflow_weightviz.frames import HeatmapRenderer
+        from mlflow_weightviz.encoders import FrameEncoder, build_palette
 
-        kwargs = dict(task.renderer)
-        grid = tuple(kwargs.pop("grid"))
-        self.renderer = HeatmapRenderer((int(grid[0]), int(grid[1])), **kwargs)
+        self.renderer = build_renderer(task.renderer)
         self.stack = np.load(task.stack_path, mmap_mode="r")
         first = self.renderer.render(np.asarray(self.stack[0]), task.first[0], task.first[1], copy=False)
-        self.table = build_palette(first, self.renderer.palette_colors())
-        self.quantize = Quantizer(self.table)
+        self.encoder = FrameEncoder(build_palette(first, self.renderer.palette_colors()))
         self.size = self.renderer.size
-        self.last: tuple[int, np.ndarray] | None = None
+        self.last = -1  # the frame the encoder holds as the previous one
 
-    def index(self, i: int, title: str, limits: tuple[float, float], previous: np.ndarray | None) -> np.ndarray:
-        """Frame ``i`` as palette indices; ``previous`` (frame ``i - 1``) spares mapping unchanged pixels."""
-        rgb = self.renderer.render(np.asarray(self.stack[i]), title, limits, copy=False)
-        changed = self.renderer.changed_boxes
-        if previous is None or changed is None:
-            return self.quantize(rgb)
-        index = previous.copy()
-        for y0, y1, x0, x1 in changed:
-            if y1 > y0 and x1 > x0:
-                index[y0:y1, x0:x1] = self.quantize(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-        return index
+    def draw(self, i: int, title: str, limits: tuple[float, float]) -> np.ndarray:
+        return self.renderer.render(np.asarray(self.stack[i]), title, limits, copy=False)
 
     def close(self) -> None:
         self.renderer.close()
@@ -138,86 +141,61 @@ class _LayerState:
 
 _STATES: dict[str, _LayerState] = {}
 
+_Result = tuple[np.ndarray | None, tuple[int, int], list[bytes | None], list[np.ndarray] | None]
 
-def _run_task(task: _Task) -> tuple[np.ndarray | None, tuple[int, int], list[bytes | None]]:
+
+def _run_task(task: _Task) -> _Result:
     """Worker side: draw, quantize, diff and compress frames ``start .. stop - 1`` of a layer."""
-    from mlflow_weightviz.encoders import changed_box, encode_image
-
     state = _STATES.get(task.key)
     if state is None:
         while len(_STATES) >= 2:  # a layer boundary may interleave two layers; keep no more
             _STATES.pop(next(iter(_STATES))).close()
         state = _STATES[task.key] = _LayerState(task)
     offset = max(0, task.start - 1)
-    previous: np.ndarray | None = None
-    if task.start > 0:
-        if state.last is not None and state.last[0] == task.start - 1:
-            previous = state.last[1]
-        else:
-            previous = state.index(task.start - 1, task.titles[0], task.limits[0], None)
+    encoder = state.encoder
+    if task.start == 0:
+        encoder.previous = None
+    elif state.last != task.start - 1:  # draw the frame before again, to diff against it
+        encoder.reset(state.draw(task.start - 1, task.titles[0], task.limits[0]))
     blocks: list[bytes | None] = []
+    indices: list[np.ndarray] | None = [] if task.indices else None
     for i in range(task.start, task.stop):
-        index = state.index(i, task.titles[i - offset], task.limits[i - offset], previous)
-        box = changed_box(previous, index)
-        blocks.append(None if box is None else encode_image(index, box, previous))
-        previous = index
-    if previous is not None:
-        state.last = (task.stop - 1, previous)
-    return (state.table if task.start == 0 else None), state.size, blocks
+        rgb = state.draw(i, task.titles[i - offset], task.limits[i - offset])
+        blocks.append(encoder.encode(rgb, state.renderer.changed_boxes))
+        if indices is not None:
+            assert encoder.previous is not None
+            indices.append(encoder.previous)
+    state.last = task.stop - 1
+    table, size = (encoder.table if task.start == 0 else None), state.size
+    if task.stop == task.total:  # nothing more of this layer comes to this worker
+        _STATES.pop(task.key).close()
+    return table, size, blocks, indices
 
 
-def _tasks(job: LayerJob, start: int, stop: int) -> _Task:
+def _tasks(job: LayerJob, start: int, stop: int, indices: bool = False) -> _Task:
     lo = max(0, start - 1)
-    return _Task(job.key, job.stack_path, job.renderer, (job.titles[0], job.limits[0]), start, stop,
-                 job.titles[lo:stop], job.limits[lo:stop])
+    return _Task(job.key, job.stack_path, job.renderer, (job.titles[0], job.limits[0]), start, stop, job.frames,
+                 job.titles[lo:stop], job.limits[lo:stop], indices)
 
 
-@dataclass(frozen=True)
-class GifSpec:
-    """How a worker writes a whole layer's GIF: the file and the encoder's settings."""
-
-    path: str
-    frame_ms: int
-    hold_last_ms: int | None
-    loop: int | None
+def _encoded(job: LayerJob, start: int, result: _Result) -> Iterator[EncodedFrame]:
+    table, size, blocks, indices = result
+    for k, block in enumerate(blocks):
+        yield EncodedFrame(job, start + k, block, table if start + k == 0 else None, size,
+                           None if indices is None else indices[k])
 
 
-def write_layer(job: LayerJob, gif: GifSpec) -> int:
-    """Draw every frame of a layer and write its GIF to ``gif.path``; returns the frame count.
-
-    This is the single-process loop itself (one renderer, frames streamed into
-    :class:`~mlflow_weightviz.encoders.GifEncoder`), so the bytes are the same wherever it runs.
-    """
-    from mlflow_weightviz.encoders import GifEncoder
-    from mlflow_weightviz.frames import HeatmapRenderer
-
-    kwargs = dict(job.renderer)
-    grid = tuple(kwargs.pop("grid"))
-    renderer = HeatmapRenderer((int(grid[0]), int(grid[1])), **kwargs)
-    stack = np.load(job.stack_path, mmap_mode="r")
-    try:
-        with open(gif.path, "wb") as fh, GifEncoder(fh, frame_ms=gif.frame_ms, hold_last_ms=gif.hold_last_ms,
-                                                    loop=gif.loop, palette_colors=renderer.palette_colors()) as enc:
-            for i in range(job.frames):
-                frame = renderer.render(np.asarray(stack[i]), job.titles[i], job.limits[i], copy=False)
-                enc.add_frame(frame, renderer.changed_boxes)
-    finally:
-        renderer.close()
-        del stack
-    return job.frames
-
-
-def encode_range(job: LayerJob, start: int = 0, stop: int | None = None) -> list[EncodedFrame]:
+def encode_range(job: LayerJob, start: int = 0, stop: int | None = None, *,
+                 indices: bool = False) -> list[EncodedFrame]:
     """Encode frames ``start .. stop - 1`` of a layer in this process, exactly as a worker does."""
     stop = job.frames if stop is None else stop
     try:
-        table, size, blocks = _run_task(_tasks(job, start, stop))
+        result = _run_task(_tasks(job, start, stop, indices))
     finally:
         state = _STATES.pop(job.key, None)
         if state is not None:
             state.close()
-    return [EncodedFrame(job, start + k, block, table if start + k == 0 else None, size)
-            for k, block in enumerate(blocks)]
+    return list(_encoded(job, start, result))
 
 
 class FramePool:
@@ -231,7 +209,7 @@ class FramePool:
 
     Args:
         workers: Number of processes.
-        chunk: Frames per task; by default up to 8, fewer for short layers so every
+        chunk: Frames per task; by default up to :data:`MAX_CHUNK`, fewer for short layers so every
             worker gets some.
     """
 
@@ -280,37 +258,20 @@ class FramePool:
             return max(1, self.chunk)
         return max(1, min(MAX_CHUNK, math.ceil(frames / (2 * self.workers))))
 
-    def write_layers(self, jobs: Iterable[tuple[LayerJob, GifSpec]]) -> Iterator[LayerJob]:
-        """Give each worker whole layers to write (:func:`write_layer`); yields each job when its GIF is done.
+    def frames(self, jobs: Iterable[LayerJob], *, whole: int = 0, indices: bool = False) -> Iterator[EncodedFrame]:
+        """Every frame of every job, in order. ``jobs`` is read lazily, a few tasks ahead of the caller.
 
-        Used when there are at least as many layers as workers: no renderer is built twice
-        and nothing but the file name crosses between processes. ``jobs`` is read lazily,
-        at most one layer per worker ahead; jobs come back in the order given.
+        Args:
+            jobs: The layers.
+            whole: The first ``whole`` jobs go to the workers one whole layer per task
+                (nothing but the blocks crosses back, and no renderer is built twice).
+            indices: Also return each frame's palette indices (for MP4 and step images).
         """
-        pending: deque[tuple[LayerJob, Future[int]]] = deque()
-        todo = iter(jobs)
-
-        def refill() -> None:
-            while len(pending) < self.workers:
-                item = next(todo, None)
-                if item is None:
-                    return
-                pending.append((item[0], self._pool.submit(write_layer, item[0], item[1])))
-
-        refill()
-        while pending:
-            job, future = pending.popleft()
-            future.result()
-            refill()
-            yield job
-
-    def frames(self, jobs: Iterable[LayerJob]) -> Iterator[EncodedFrame]:
-        """Every frame of every job, in order. ``jobs`` is read lazily, a layer ahead of the writer."""
-        pending: deque[tuple[LayerJob, int, Future[Any]]] = deque()
+        pending: deque[tuple[LayerJob, int, Future[_Result]]] = deque()
 
         def tasks() -> Iterator[tuple[LayerJob, int, int]]:
-            for job in jobs:
-                size = self._chunk(job.frames)
+            for n, job in enumerate(jobs):
+                size = job.frames if n < whole else self._chunk(job.frames)
                 for start in range(0, job.frames, size):
                     yield job, start, min(job.frames, start + size)
 
@@ -322,12 +283,11 @@ class FramePool:
                 if item is None:
                     return
                 job, start, stop = item
-                pending.append((job, start, self._pool.submit(_run_task, _tasks(job, start, stop))))
+                pending.append((job, start, self._pool.submit(_run_task, _tasks(job, start, stop, indices))))
 
         refill()
         while pending:
             job, start, future = pending.popleft()
-            table, size, blocks = future.result()
+            result = future.result()
             refill()
-            for k, block in enumerate(blocks):
-                yield EncodedFrame(job, start + k, block, table if start + k == 0 else None, size)
+            yield from _encoded(job, start, result)

@@ -7,30 +7,44 @@ folder. Sinks then publish them: renamed into place locally, or logged to the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlflow_weightviz import __version__, _tracking, claims, outputs
-from mlflow_weightviz.encoders import GifEncoder
-from mlflow_weightviz.errors import OutputError, UsageError
-from mlflow_weightviz.frames import HeatmapRenderer
+from mlflow_weightviz.encoders import (
+    Animation,
+    Frame,
+    FrameEncoder,
+    FrameWriter,
+    GifWriter,
+    StepImageWriter,
+    build_palette,
+    saving,
+)
+from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
+from mlflow_weightviz.parallel import build_renderer
 from mlflow_weightviz.sinks import LocalSink, RunSink, unique_names
 from mlflow_weightviz.snapshots import Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
 
-__all__ = ["LayerResult", "LayerSummary", "RenderResult", "inspect_file", "inspect_run", "render_file",
-           "render_layers", "render_run"]
+if TYPE_CHECKING:
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+__all__ = ["LayerResult", "LayerSummary", "RenderResult", "draw_layer", "inspect_file", "inspect_run", "render_file",
+           "render_layers", "render_run", "write_frames"]
 
 #: Run tags written after a render; ``weightviz.fingerprint`` makes re-renders idempotent.
 TAG_PREFIX = "weightviz."
@@ -94,7 +108,8 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
                artifact_path: str = "weightviz", tracking_uri: str | None = None, log: bool = True,
                force: bool = False, out: str | os.PathLike[str] | None = None,
                output_dir: str | os.PathLike[str] | None = None,
-               progress: ProgressCallback | None = None) -> RenderResult:
+               progress: ProgressCallback | None = None, workers: int = 1,
+               allow_pickle: bool = False) -> RenderResult:
     """Render a run's weight snapshots to one GIF per layer and log them back to the run.
 
     Args:
@@ -108,6 +123,8 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
         out: Local copy of the GIF (only when one layer is rendered).
         output_dir: Folder for local copies, one ``<layer>.gif`` per layer.
         progress: Called as ``progress(i, n)`` after each frame.
+        workers: Processes drawing frames in parallel (a warning says when an output cannot use them).
+        allow_pickle: Allow reading Python pickles, which can run arbitrary code.
 
     Returns:
         What was rendered, or ``status="up_to_date"`` when the run already has GIFs for
@@ -122,7 +139,7 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     """
     options = options or RenderOptions()
     _check_outputs(log=log, out=out, output_dir=output_dir)
-    if options.step_images is not None and not log:
+    if options.outputs.step_images is not None and not log:
         msg = "--step-images logs images to the run, so it cannot be used with --no-log"
         raise UsageError(msg)
     client = _tracking.client(tracking_uri)
@@ -133,7 +150,8 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
         if out is None and output_dir is None:
             return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
         # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
-        local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress)
+        local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, workers=workers,
+                               allow_pickle=allow_pickle)
         return RenderResult("up_to_date", local.layers, run_id, fingerprint)
     # One renderer per run at a time (see claims.py); local-only renders need no claim.
     with claims.claim_run(client, run_id, enabled=log) as claim:
@@ -143,10 +161,12 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
             return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint,
                                 claimed_by=claim.holder.describe() if claim.holder else None)
         sink = claim.guard(RunSink(client, run_id, artifact_path)) if log else None
-        caption = src.metric_history(options.caption_metric).caption if options.caption_metric else None
+        metric = options.outputs.caption_metric
+        caption = src.metric_history(metric).caption if metric else None
         try:
             result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
-                                    tags_base={"source": source, "fingerprint": fingerprint}, caption=caption)
+                                    tags_base={"source": source, "fingerprint": fingerprint}, caption=caption,
+                                    workers=workers, allow_pickle=allow_pickle)
         except claims.ClaimLostError as lost:
             return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint, claimed_by=str(lost))
     return RenderResult("rendered", result.layers, run_id, fingerprint, result.artifact_paths)
@@ -154,24 +174,27 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
 
 def render_file(path: str | os.PathLike[str], options: RenderOptions | None = None, *,
                 out: str | os.PathLike[str] | None = None, output_dir: str | os.PathLike[str] | None = None,
-                progress: ProgressCallback | None = None) -> RenderResult:
+                progress: ProgressCallback | None = None, workers: int = 1,
+                allow_pickle: bool = False) -> RenderResult:
     """Render snapshots from a local file or folder to GIFs; needs no MLflow.
 
     With neither ``out`` nor ``output_dir``, GIFs go to the current folder as ``<layer>.gif``.
+    ``workers`` and ``allow_pickle`` are as in :func:`render_run`.
 
     Raises:
         SnapshotError: No snapshots at ``path``, or they cannot be rendered.
         OutputError: The GIFs cannot be written.
     """
     options = options or RenderOptions()
-    if options.caption_metric is not None or options.step_images is not None:
+    if options.outputs.caption_metric is not None or options.outputs.step_images is not None:
         msg = ("--caption-metric and --step-images read from and log to an MLflow run, and render-file has none; "
                "log the snapshots to a run and use render RUN_ID")
         raise UsageError(msg)
     if out is None and output_dir is None:
         output_dir = Path.cwd()
     _check_outputs(log=False, out=out, output_dir=output_dir)
-    return _render_source(LocalSource(Path(path)), options, out=out, output_dir=output_dir, progress=progress)
+    return _render_source(LocalSource(Path(path)), options, out=out, output_dir=output_dir, progress=progress,
+                          workers=workers, allow_pickle=allow_pickle)
 
 
 def inspect_run(run_id: str, *, source: str = "weights", tracking_uri: str | None = None,
@@ -213,27 +236,20 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                    output_dir: str | os.PathLike[str] | None,
                    progress: ProgressCallback | None, run_sink: RunSink | None = None,
                    tags_base: Mapping[str, str] | None = None,
-                   caption: Callable[[int], str] | None = None) -> RenderResult:
+                   caption: Callable[[int], str] | None = None, workers: int = 1,
+                   allow_pickle: bool = False) -> RenderResult:
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
         workdir = Path(tmp)
         local = src.fetch(workdir)
-        layers = group_layers(read_snapshots(local, allow_pickle=options.allow_pickle, root_name=src.name),
-                              options.layers)
-        if out is not None and len(layers) != 1 and not options.grid:
+        layers = group_layers(read_snapshots(local, allow_pickle=allow_pickle, root_name=src.name), options.layers)
+        if out is not None and len(layers) != 1 and not options.outputs.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
                    "pick one with --layer or use --output-dir")
             raise UsageError(msg)
         staging = workdir / "out"
         staging.mkdir()
-        results = _render_outputs(layers, options, staging, workdir=workdir, progress=progress, caption=caption)
-        gifs = staging
-        if Format.GIF not in options.formats:  # drawn only as the source of the MP4s or step images
-            gifs = workdir / "gifs"
-            gifs.mkdir()
-            for r in results:
-                drawn = staging / f"{Path(r.file_name).stem}.gif"
-                if drawn.exists():
-                    drawn.rename(gifs / drawn.name)
+        results, step_writers = _render_all(layers, options, staging, workdir=workdir, progress=progress,
+                                            caption=caption, workers=workers)
         staged = {r.layer: staging / r.file_name for r in results}
         outputs.warn_if_too_big([staging / f for r in results for f in r.files])
         local_paths = LocalSink(Path(out) if out is not None else None,
@@ -252,8 +268,7 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                 TAG_PREFIX + "status": "rendered",
             })
             # Step images go after the claim check and the GIFs, before the final tags.
-            step_images = (functools.partial(_log_step_images, run_sink, results, gifs, options)
-                           if options.step_images is not None else None)
+            step_images = functools.partial(_log_step_images, run_sink, step_writers) if step_writers else None
             artifact_paths = run_sink.deliver(staging, tags, then=step_images)
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
@@ -265,239 +280,296 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
 
 def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
                   workdir: Path | None = None, progress: ProgressCallback | None = None,
-                  caption: Caption | None = None) -> list[LayerResult]:
-    """Render each layer's snapshots to ``staging/<safe layer name>.gif``.
+                  caption: Caption | None = None, workers: int = 1) -> list[LayerResult]:
+    """Render each layer's snapshots to ``staging/<safe layer name>.<format>``, one file per format.
 
     Each layer is prepared (loaded, reshaped, pooled, scaled) into a stack on disk, then
-    drawn frame by frame on one reused figure and streamed into the GIF encoder.
+    drawn frame by frame on one reused figure (or by ``workers`` processes) and sent to
+    every writer (see :func:`write_frames`). With ``options.grid`` all layers go into one
+    ``grid`` montage instead.
+
+    ``file_name`` of each result is its first format's file and ``files`` lists all of them.
     """
-    _check_cmap(options.cmap)
+    return _render_all(layers, options, staging, workdir=workdir, progress=progress, caption=caption,
+                       workers=workers)[0]
+
+
+def write_frames(animation: Animation, frames: Iterable[Frame], writers: Sequence[FrameWriter],
+                 tick: Callable[[], None] | None = None) -> int:
+    """The one frame loop: set every writer up, send it every frame, and finish (or, on error, abort) them all.
+
+    Returns:
+        The number of frames.
+    """
+    count = 0
+    with saving(writers):
+        for frame in frames:
+            if count == 0:
+                first = dataclasses.replace(animation, size=animation.size or _size(frame), palette=frame.palette)
+                for writer in writers:
+                    writer.setup(first)
+            for writer in writers:
+                writer.add_frame(frame)
+            count += 1
+            if tick is not None:
+                tick()
+    return count
+
+
+def _size(frame: Frame) -> tuple[int, int] | None:
+    return None if frame.indices is None else (frame.indices.shape[1], frame.indices.shape[0])
+
+
+def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: HeatmapRenderer | None) -> Iterator[Frame]:
+    """A prepared layer's frames in order: its values, and with a ``renderer`` their GIF block and pixels."""
+    stack = prepared.stack()
+    encoder: FrameEncoder | None = None
+    try:
+        for i, step in enumerate(prepared.steps):
+            values, limits = np.asarray(stack[i]), prepared.limits(i)
+            if renderer is None:
+                yield Frame(i, step, titles[i], values, limits)
+                continue
+            rgb = renderer.render(values, titles[i], limits, copy=False)
+            if encoder is None:
+                encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
+            block = encoder.encode(rgb, renderer.changed_boxes)
+            yield Frame(i, step, titles[i], values, limits, block, encoder.previous, encoder.table)
+    finally:
+        del stack
+
+
+def _writers(stem: str, options: RenderOptions, staging: Path, steps_dir: Path | None,
+             player: Callable[[], dict[str, Any]] | None) -> tuple[list[FrameWriter], StepImageWriter | None]:
+    """The writers of one layer (or the montage): one per format, plus the step images."""
+    writers: list[FrameWriter] = []
+    for fmt in options.outputs.formats:
+        target = staging / f"{stem}.{fmt.value}"
+        if fmt is Format.GIF:
+            writers.append(GifWriter(target, options.gif))
+        elif fmt is Format.MP4:
+            from mlflow_weightviz.outputs.video import Mp4Writer
+
+            writers.append(Mp4Writer(target, options.gif))
+        else:
+            from mlflow_weightviz.outputs.html_player import HtmlWriter
+
+            assert player is not None
+            writers.append(HtmlWriter(target, **player()))
+    steps = None
+    if options.outputs.step_images is not None and steps_dir is not None:
+        steps = StepImageWriter(steps_dir / stem, options.outputs.step_images)
+        writers.append(steps)
+    return writers, steps
+
+
+def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
+                workdir: Path | None, progress: ProgressCallback | None, caption: Caption | None,
+                workers: int) -> tuple[list[LayerResult], dict[str, StepImageWriter]]:
+    if workers < 1:
+        msg = f"workers must be at least 1; got {workers}"
+        raise UsageError(msg)
+    if Format.MP4 in options.outputs.formats:
+        from mlflow_weightviz.outputs.video import check_available
+
+        check_available()  # before any drawing: a missing imageio should not waste the render
+    work = workdir or staging
+    steps_dir = work / "step-images" if workdir is not None else None
+    step_writers: dict[str, StepImageWriter] = {}
+    formats = options.outputs.formats
+    files = functools.partial(_files, formats)
+    if options.outputs.grid:
+        _warn_workers(workers, "--grid draws the montage in one process")
+        return [_render_grid(layers, options, staging, work, steps_dir, step_writers, progress, caption)], step_writers
     names = unique_names(layers)
+    drawn = any(f is not Format.HTML for f in formats) or options.outputs.step_images is not None
+    if not drawn:
+        _warn_workers(workers, "the HTML player alone needs no drawing")
     total = sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
-    if options.workers > 1 and total > options.workers:
-        return _render_layers_parallel(layers, options, staging, names, total, workdir=workdir, progress=progress,
-                                       caption=caption)
     done = 0
-    results = []
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    def result(prepared: PreparedLayer) -> LayerResult:
+        stem = names[prepared.name]
+        return LayerResult(prepared.name, len(prepared.steps), prepared.steps, prepared.info.shape,
+                           prepared.info.grid, files(stem)[0], files=files(stem))
+
+    def writers_for(prepared: PreparedLayer, spec: Mapping[str, Any]) -> list[FrameWriter]:
+        stem = names[prepared.name]
+        writers, steps = _writers(stem, options, staging, steps_dir, lambda: _player(prepared, options, spec))
+        if steps is not None:
+            step_writers[stem] = steps
+        return writers
+
+    results: list[LayerResult] = []
+    if drawn and workers > 1 and total > workers:
+        # closing(): on an error the pool stops and the stacks go at once, not when collected.
+        with contextlib.closing(_parallel_frames(layers, options, work, caption, workers)) as stream:
+            for prepared, spec, size, frames in stream:
+                write_frames(Animation(prepared.name, prepared.steps, size), frames, writers_for(prepared, spec),
+                             tick)
+                results.append(result(prepared))
+        return results, step_writers
     for layer, snaps in layers.items():
-        prepared = prepare_layer(layer, snaps, options, workdir or staging)
-        renderer = _renderer_for(prepared, options, caption)
-        target = staging / f"{names[layer]}.gif"
-        stack = prepared.stack()
-        count = len(prepared.steps)
+        prepared = prepare_layer(layer, snaps, options, work)
         try:
-            with target.open("wb") as fh, GifEncoder(fh, frame_ms=options.frame_ms, hold_last_ms=options.hold_last_ms,
-                                                      loop=options.loop,
-                                                      palette_colors=renderer.palette_colors()) as gif:
-                for i, step in enumerate(prepared.steps):
-                    frame = renderer.render(np.asarray(stack[i]), _title(prepared, options, i, step, caption),
-                                            prepared.limits(i), copy=False)
-                    gif.add_frame(frame, renderer.changed_boxes)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-        except OSError as exc:
-            target.unlink(missing_ok=True)
-            msg = f"cannot write {target.name}: {exc.strerror or exc}"
-            raise OutputError(msg) from exc
+            spec = _renderer_kwargs(prepared, options, caption)
+            titles = [_title(prepared, options, i, step, caption) for i, step in enumerate(prepared.steps)]
+            renderer = build_renderer(spec) if drawn else None
+            try:
+                write_frames(Animation(layer, prepared.steps), draw_layer(prepared, titles, renderer),
+                             writers_for(prepared, spec), tick)
+            finally:
+                if renderer is not None:
+                    renderer.close()
         finally:
-            renderer.close()
-            del stack
             prepared.stack_path.unlink(missing_ok=True)
-        results.append(LayerResult(layer, count, prepared.steps, prepared.info.shape, prepared.info.grid,
-                                   target.name))
-    return results
+        results.append(result(prepared))
+    return results, step_writers
 
 
-def _render_layers_parallel(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path,
-                            names: Mapping[str, str], total: int, *, workdir: Path | None,
-                            progress: ProgressCallback | None, caption: Caption | None) -> list[LayerResult]:
-    """:func:`render_layers` with frames drawn and encoded by ``options.workers`` processes.
+def _files(formats: Sequence[Format], stem: str) -> tuple[str, ...]:
+    return tuple(f"{stem}.{f.value}" for f in formats)
 
-    Whole layers go to workers while there are at least as many layers left as workers
-    (each worker writes its layers' GIFs itself); the remaining layers are split into
-    chunks of frames shared by all workers. Layers are prepared just ahead of the
-    workers, so preparing overlaps drawing; the GIFs are byte for byte those of one process.
+
+def _warn_workers(workers: int, why: str) -> None:
+    if workers > 1:
+        import warnings
+
+        from mlflow_weightviz.options import WeightvizWarning
+
+        warnings.warn(f"--workers {workers} is ignored here: {why}", WeightvizWarning, stacklevel=4)
+
+
+def _parallel_frames(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, work: Path,
+                     caption: Caption | None, workers: int) -> Generator[
+                         tuple[PreparedLayer, Mapping[str, Any], tuple[int, int], Iterator[Frame]], None, None]:
+    """Each layer with its frames drawn and encoded by ``workers`` processes, in order.
+
+    Whole layers go to workers while there are at least as many layers left as workers;
+    the remaining layers are split into chunks of frames shared by all workers. Layers
+    are prepared just ahead of the workers, so preparing overlaps drawing; the frames
+    are byte for byte those of one process.
     """
-    from mlflow_weightviz.parallel import FramePool, GifSpec, LayerJob
+    from mlflow_weightviz.parallel import EncodedFrame, FramePool, LayerJob
 
     prepared_by_key: dict[str, PreparedLayer] = {}
     items = list(layers.items())
-    whole = len(items) - len(items) % options.workers if len(items) >= options.workers else 0
-    writing: set[Path] = set()
+    shown = Format.MP4 in options.outputs.formats or options.outputs.step_images is not None
+    # Whole layers would bring every frame's pixels back at once; with pictures wanted, chunks only.
+    whole = len(items) - len(items) % workers if len(items) >= workers and not shown else 0
 
-    def jobs(part: Sequence[tuple[str, Sequence[Snapshot]]]) -> Iterator[LayerJob]:
-        for layer, snaps in part:
-            prepared = prepare_layer(layer, snaps, options, workdir or staging)
+    def jobs() -> Iterator[LayerJob]:
+        for layer, snaps in items:
+            prepared = prepare_layer(layer, snaps, options, work)
             prepared_by_key[layer] = prepared
             yield LayerJob(layer, str(prepared.stack_path), _renderer_kwargs(prepared, options, caption),
                            tuple(_title(prepared, options, i, step, caption) for i, step in enumerate(prepared.steps)),
                            tuple(prepared.limits(i) for i in range(len(prepared.steps))))
 
-    def whole_layers() -> Iterator[tuple[LayerJob, GifSpec]]:
-        for job in jobs(items[:whole]):
-            path = staging / f"{names[job.key]}.gif"
-            writing.add(path)
-            yield job, GifSpec(str(path), options.frame_ms, options.hold_last_ms, options.loop)
+    def layer_frames(first: EncodedFrame, rest: Iterator[EncodedFrame], steps: Sequence[int],
+                     stack: np.ndarray) -> Iterator[Frame]:
+        for encoded in itertools.chain([first], rest):
+            i, job = encoded.index, encoded.job
+            yield Frame(i, steps[i], job.titles[i], np.asarray(stack[i]), job.limits[i], encoded.block,
+                        encoded.indices, first.palette)
 
-    results: list[LayerResult] = []
-    done = 0
-    fh: IO[bytes] | None = None
-    gif: GifEncoder | None = None
-    target: Path | None = None
     try:
-        with FramePool(options.workers) as pool:
-            for job in pool.write_layers(whole_layers()):
-                target = staging / f"{names[job.key]}.gif"
-                writing.discard(target)
-                done += job.frames
-                if progress is not None:
-                    progress(done, total)
-                prepared = prepared_by_key.pop(job.key)
-                prepared.stack_path.unlink(missing_ok=True)
-                results.append(LayerResult(job.key, job.frames, prepared.steps, prepared.info.shape,
-                                           prepared.info.grid, target.name))
-            for frame in pool.frames(jobs(items[whole:])):
-                if frame.index == 0:
-                    target = staging / f"{names[frame.job.key]}.gif"
-                    fh = target.open("wb")
-                    gif = GifEncoder(fh, frame_ms=options.frame_ms, hold_last_ms=options.hold_last_ms,
-                                     loop=options.loop)
-                    assert frame.palette is not None
-                    gif.start(frame.palette, frame.size)
-                assert gif is not None
-                assert fh is not None
-                assert target is not None
-                gif.add_block(frame.block)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                if frame.index == frame.job.frames - 1:
-                    gif.finish()
-                    fh.close()
-                    fh, gif = None, None
-                    prepared = prepared_by_key.pop(frame.job.key)
-                    prepared.stack_path.unlink(missing_ok=True)
-                    results.append(LayerResult(frame.job.key, frame.job.frames, prepared.steps,
-                                               prepared.info.shape, prepared.info.grid, target.name))
-    except OSError as exc:
-        name = target.name if target is not None else "the GIF"
-        msg = f"cannot write {name}: {exc.strerror or exc}"
-        raise OutputError(msg) from exc
+        with FramePool(workers) as pool:
+            stream = pool.frames(jobs(), whole=whole, indices=shown)
+            for key, group in itertools.groupby(stream, key=lambda f: f.job.key):
+                prepared = prepared_by_key[key]
+                first = next(group)
+                stack = prepared.stack()
+                try:
+                    frames = layer_frames(first, group, prepared.steps, stack)  # noqa: B031 (consumed before the next)
+                    yield prepared, first.job.renderer, first.size, frames
+                finally:
+                    del stack
+                    prepared_by_key.pop(key).stack_path.unlink(missing_ok=True)
     finally:
-        if fh is not None:  # a GIF left half-written by an error
-            fh.close()
-            if target is not None:
-                target.unlink(missing_ok=True)
         for prepared in prepared_by_key.values():
             prepared.stack_path.unlink(missing_ok=True)
-        for path in writing:  # GIFs whose worker did not finish
-            path.unlink(missing_ok=True)
-    return results
 
 
-# ------------------------------------------------- other formats, grid, step images
+def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, work: Path,
+                 steps_dir: Path | None, step_writers: dict[str, StepImageWriter], progress: ProgressCallback | None,
+                 caption: Caption | None) -> LayerResult:
+    """All layers side by side (``--grid``) through the same frame loop and writers."""
+    from mlflow_weightviz.outputs.montage import Montage
+
+    writers, steps = _writers("grid", options, staging, steps_dir, None)
+    if steps is not None:
+        step_writers["grid"] = steps
+    montage = Montage(layers, options, workdir=work, caption=caption,
+                      make_renderer=lambda prepared: build_renderer(_renderer_kwargs(prepared, options, caption)))
+    with montage:
+        def frames() -> Iterator[Frame]:
+            encoder: FrameEncoder | None = None
+            for i, (step, rgb) in enumerate(montage.frames()):
+                if encoder is None:
+                    encoder = FrameEncoder(build_palette(rgb, montage.palette_colors))
+                block = encoder.encode(rgb)
+                yield Frame(i, step, block=block, indices=encoder.previous, palette=encoder.table)
+
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, len(montage.steps))
+
+        write_frames(Animation("grid", montage.steps, montage.size), frames(), writers, tick)
+    names = _files(options.outputs.formats, "grid")
+    return LayerResult("grid", len(montage.steps), montage.steps, (len(montage.names),), montage.panels, names[0],
+                       files=names)
 
 
-def _render_outputs(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
-                    workdir: Path, progress: ProgressCallback | None, caption: Caption | None) -> list[LayerResult]:
-    """Every requested file into ``staging``: the GIFs (or the grid GIF), then the other formats.
-
-    ``file_name`` of each result is its first format's file and ``files`` lists all of them.
-    """
-    _check_cmap(options.cmap)
-    if Format.MP4 in options.formats:
-        from mlflow_weightviz.video import check_available
-
-        check_available()  # before any drawing: a missing imageio should not waste the render
-    if options.grid:
-        results = [_render_grid(layers, options, staging, workdir=workdir, progress=progress, caption=caption)]
-    elif outputs.gif_needed(options):
-        results = render_layers(layers, options, staging, workdir=workdir, progress=progress, caption=caption)
-    else:
-        results = []
-    by_layer = {r.layer: r for r in results}
-    if Format.HTML in options.formats:
-        names = unique_names(layers)
-        for layer, snaps in layers.items():
-            prepared = prepare_layer(layer, snaps, options, workdir)
-            try:
-                outputs.write_player(prepared, options, staging / f"{names[layer]}.html",
-                                     title=functools.partial(_title, caption=caption),
-                                     renderer_kwargs=_renderer_kwargs(prepared, options, caption))
-            finally:
-                prepared.stack_path.unlink(missing_ok=True)
-            by_layer.setdefault(layer, LayerResult(layer, len(prepared.steps), prepared.steps, prepared.info.shape,
-                                                   prepared.info.grid, f"{names[layer]}.html"))
-    if Format.MP4 in options.formats:
-        outputs.write_videos([staging / f"{Path(r.file_name).stem}.gif" for r in by_layer.values()], options)
-    final = []
-    for r in by_layer.values():
-        files = tuple(f"{Path(r.file_name).stem}.{f.value}" for f in options.formats)
-        final.append(dataclasses.replace(r, file_name=files[0], files=files))
-    return final
+def _player(prepared: PreparedLayer, options: RenderOptions, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The HTML player's arguments: the GIF renderer's colormap, scale, format and labels, so it shows the same."""
+    return {"name": prepared.name, "grid": prepared.info.grid, "cmap": spec["cmap"], "vmin": prepared.vmin,
+            "vmax": prepared.vmax, "fmt": prepared.fmt, "row_labels": spec["row_labels"],
+            "col_labels": spec["col_labels"], "frame_ms": options.gif.frame_ms,
+            "hold_last_ms": options.gif.hold_last_ms, "annotate": options.look.annotate,
+            "note": prepared.info.note(), "block": prepared.info.block, "matrix": prepared.info.matrix}
 
 
-def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
-                 workdir: Path, progress: ProgressCallback | None, caption: Caption | None) -> LayerResult:
-    from mlflow_weightviz.montage import render_grid
-
-    target = staging / "grid.gif"
-    grid = render_grid(layers, options, target, workdir=workdir,
-                       make_renderer=lambda prepared: _renderer_for(prepared, options, caption), caption=caption,
-                       progress=progress)
-    return LayerResult("grid", len(grid.steps), grid.steps, (len(grid.layers),), grid.panels, target.name)
-
-
-def _log_step_images(sink: RunSink, results: Sequence[LayerResult], gifs: Path, options: RenderOptions) -> None:
+def _log_step_images(sink: RunSink, step_writers: Mapping[str, StepImageWriter]) -> None:
     from mlflow_weightviz.sinks import image_key
 
-    assert options.step_images is not None
-    for r in results:
-        stem = Path(r.file_name).stem
-        sink.log_step_images(image_key(stem), outputs.step_frames(gifs / f"{stem}.gif", r.steps,
-                                                                  frame_ms=options.frame_ms,
-                                                                  every=options.step_images))
-
-
-def _check_cmap(name: str | None) -> None:
-    if name is None:
-        return
-    import matplotlib as mpl
-
-    if name not in mpl.colormaps:
-        msg = f"unknown colormap {name!r}; try viridis, magma, YlGn, RdBu_r or any matplotlib colormap name"
-        raise UsageError(msg)
-
-
-def _renderer_for(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> HeatmapRenderer:
-    kwargs = _renderer_kwargs(prepared, options, caption)
-    return HeatmapRenderer(kwargs.pop("grid"), **kwargs)
+    for stem, writer in step_writers.items():
+        sink.log_step_images(image_key(stem), writer.frames())
 
 
 def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> dict[str, Any]:
     """The renderer's arguments (``grid`` included) as plain values, so worker processes can build it."""
     rows, cols = prepared.info.grid
     br, bc = prepared.info.block
-    cmap = options.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
+    cmap = options.look.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
     last = len(prepared.steps)
     sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
     if caption is not None:  # size the figure for this layer's longest caption
         sample = sample.rsplit("\n", 1)[0] + "\n" + max((caption(s) for s in prepared.steps), key=len)
     return {"grid": prepared.info.grid, "cmap": cmap, "vmin": prepared.vmin, "vmax": prepared.vmax,
-            "fmt": prepared.fmt, "annotate": options.annotate,
-            "row_labels": [f"{options.row_label}{i * br}" for i in range(rows)],
-            "col_labels": [f"{options.col_label}{j * bc}" for j in range(cols)],
-            "title_sample": sample, "dpi": options.dpi}
+            "fmt": prepared.fmt, "annotate": options.look.annotate,
+            "row_labels": [f"{options.look.row_label}{i * br}" for i in range(rows)],
+            "col_labels": [f"{options.look.col_label}{j * bc}" for j in range(cols)],
+            "title_sample": sample, "dpi": options.look.dpi}
 
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,
            caption: Caption | None = None) -> str:
     head = f"{prepared.name}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
     notes = [prepared.info.note()]
-    if options.view is View.DELTA_INIT:
+    if options.look.view is View.DELTA_INIT:
         notes.append(f"change since step {prepared.steps[0]}")
-    elif options.view is View.DELTA_STEP:
+    elif options.look.view is View.DELTA_STEP:
         notes.append("change since the previous frame")
     note = "; ".join(n for n in notes if n)
     lines = [head, note] if note else [head]

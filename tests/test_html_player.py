@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mlflow_weightviz.frames import format_value
-from mlflow_weightviz.html_player import js_format_spec, read_player, write_player
 from mlflow_weightviz.options import WeightvizWarning
+from mlflow_weightviz.outputs.html_player import js_format_spec, read_player, write_player
 from tests.browser import cell_point, launch
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.parallel import FramePool, LayerJob, encode_range
@@ -25,8 +26,8 @@ def snapshot_folder(folder: Path, frames: int = 9, seed: int = 0) -> Path:
 
 def test_two_workers_write_the_same_bytes(tmp_path: Path) -> None:
     src = snapshot_folder(tmp_path / "w")
-    one = wv.render_file(src, wv.RenderOptions(workers=1), output_dir=tmp_path / "one")
-    two = wv.render_file(src, wv.RenderOptions(workers=2), output_dir=tmp_path / "two")
+    one = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "one", workers=1)
+    two = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "two", workers=2)
     # Three layers on two workers: two written whole by one worker each, the third split into chunks.
     assert [r.layer for r in one.layers] == [r.layer for r in two.layers] == ["fc1", "fc2", "out"]
     assert [r.frames for r in two.layers] == [9, 9, 9]
@@ -42,7 +43,7 @@ def test_per_frame_scale_and_delta_view_with_workers(tmp_path: Path) -> None:
     for opts in (wv.RenderOptions(scale="frame", layers=("fc1",)),
                  wv.RenderOptions(view="delta-step", layers=("fc2",))):
         a = wv.render_file(src, opts, output_dir=tmp_path / "a")
-        wv.render_file(src, opts.replace(workers=2), output_dir=tmp_path / "b")
+        wv.render_file(src, opts, output_dir=tmp_path / "b", workers=2)
         name = a.layers[0].file_name
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not list(tmp_path.rglob("stack-*"))  # prepared stacks are removed
@@ -74,3 +75,23 @@ def test_pool_keeps_order_with_any_chunk_size(tmp_path: Path) -> None:
         assert np.array_equal(got[0].palette, expected[0].palette)
     # A chunk that starts mid-layer is diffed against the frame before it, drawn again.
     assert [f.block for f in encode_range(layer, 3, 6)] == [f.block for f in expected[3:]]
+
+
+def test_workers_draw_mp4_and_html_too_with_the_same_bytes(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w", frames=7, seed=3)
+    opts = wv.RenderOptions(formats=("gif", "html", "mp4"), layers=("fc1", "fc2"))
+    wv.render_file(src, opts, output_dir=tmp_path / "one")
+    wv.render_file(src, opts, output_dir=tmp_path / "two", workers=2)
+    for name in ("fc1.gif", "fc1.html", "fc1.mp4", "fc2.gif", "fc2.html", "fc2.mp4"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert not list(tmp_path.rglob("stack-*"))
+
+
+def test_workers_warn_once_when_an_output_cannot_use_them(tmp_path: Path) -> None:
+    src = snapshot_folder(tmp_path / "w", frames=4)
+    with pytest.warns(wv.WeightvizWarning, match="--workers 2 is ignored here: --grid") as caught:
+        wv.render_file(src, wv.RenderOptions(grid=True), output_dir=tmp_path / "g", workers=2)
+    assert len(caught) == 1
+    with pytest.warns(wv.WeightvizWarning, match="--workers 2 is ignored here: the HTML player alone"):
+        wv.render_file(src, wv.RenderOptions(formats=("html",)), output_dir=tmp_path / "h", workers=2)
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["fc1.html", "fc2.html", "out.html"]

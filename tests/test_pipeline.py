@@ -93,7 +93,7 @@ def test_pickle_needs_allow_pickle_and_nothing_is_logged_without_it(tmp_path: Pa
         wv.render_run(run_id)
     assert artifact_files(run_id, "weightviz") == []
     assert tags_of(run_id) == {}
-    result = wv.render_run(run_id, wv.RenderOptions(allow_pickle=True))
+    result = wv.render_run(run_id, wv.RenderOptions(), allow_pickle=True)
     assert [(r.layer, r.frames) for r in result.layers] == [("animation_data", 6)]
 
 
@@ -345,7 +345,7 @@ def test_render_file_on_the_original_scripts_pickled_list(tmp_path: Path) -> Non
     frames = [np.clip(w + rng.normal(0, 0.004, w.shape), 0, 0.05).astype(np.float32) for _ in range(23)]
     with (tmp_path / "animation_data.pkl").open("wb") as fh:
         pickle.dump([x for x in np.stack(frames)], fh)  # noqa: C416 -- exactly how make_data.py writes it
-    result = wv.render_file(tmp_path / "animation_data.pkl", wv.RenderOptions(allow_pickle=True),
+    result = wv.render_file(tmp_path / "animation_data.pkl", wv.RenderOptions(), allow_pickle=True,
                             out=tmp_path / "training_weights.gif")
     assert result.layers[0].frames == 23
     assert read_gif(tmp_path / "training_weights.gif").n_frames == 23

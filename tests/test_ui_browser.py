@@ -15,7 +15,7 @@ import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.frames import format_value
-from mlflow_weightviz.html_player import read_player
+from mlflow_weightviz.outputs.html_player import read_player
 from tests.browser import cell_point, launch
 from tests.conftest import MlflowServer
 from tests.helpers import log_folder, make_run, read_gif, training_series, write_canonical

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mlflow_weightviz as wv
-from mlflow_weightviz.encoders import frames_to_gif
+from mlflow_weightviz.encoders import (
+    Animation,
+    Frame,
+    FrameEncoder,
+    GifWriter,
+    StepImageWriter,
+    build_palette,
+)
 from mlflow_weightviz.errors import MissingDependencyError
-from mlflow_weightviz.replay import rendered_frames
-from mlflow_weightviz.video import Mp4Encoder, _imageio
+from mlflow_weightviz.options import GifOptions
+from mlflow_weightviz.outputs.video import Mp4Encoder, Mp4Writer, _imageio
+from mlflow_weightviz.pipeline import write_frames
 from tests.helpers import read_gif, run_cli, training_series, write_canonical
 
 
@@ -87,16 +96,30 @@ def test_missing_imageio_fails_before_drawing(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "out").exists()
 
 
-def test_rendered_frames_undo_merged_repeats(tmp_path: Path) -> None:
+def test_writers_fed_from_the_frame_loop_keep_merged_repeats(tmp_path: Path) -> None:
+    # MP4 and step images get each frame as the GIF shows it, straight from the loop (no GIF is decoded).
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 255, (6, 3), dtype=np.uint8)  # few colours: the GIF palette holds them exactly
     a, b, c = (colours[rng.integers(0, 6, (8, 10))] for _ in range(3))
     frames = [a, a, a, b, c, c]
-    path = frames_to_gif(frames, tmp_path / "x.gif", frame_ms=50, hold_last_ms=500)
-    assert read_gif(path).n_frames == 3  # identical neighbours were merged into one GIF frame
-    back = list(rendered_frames(path, frame_ms=50, count=6))
-    assert len(back) == 6
-    for got, want in zip(back, frames, strict=True):
+    timing = GifOptions(frame_ms=50, hold_last_ms=500)
+    encoder = FrameEncoder(build_palette(a, colours))
+    steps = (0, 10, 20, 30, 40, 50)
+
+    def loop() -> Iterator[Frame]:
+        for i, rgb in enumerate(frames):
+            block = encoder.encode(rgb)
+            yield Frame(i, steps[i], block=block, indices=encoder.previous, palette=encoder.table)
+
+    gif, mp4 = GifWriter(tmp_path / "x.gif", timing), Mp4Writer(tmp_path / "x.mp4", timing)
+    stills = StepImageWriter(tmp_path / "steps", every=1)
+    assert write_frames(Animation("x", steps, (10, 8)), loop(), [gif, mp4, stills]) == 6
+    assert read_gif(tmp_path / "x.gif").n_frames == 3  # identical neighbours were merged into one GIF frame
+    assert read_gif(tmp_path / "x.gif").durations == [150, 50, 500]
+    back = list(stills.frames())
+    assert [step for step, _ in back] == list(steps)
+    for (_, got), want in zip(back, frames, strict=True):
         np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError, match="stand for"):
-        list(rendered_frames(path, frame_ms=50, count=2))
+    video, meta = read_mp4(tmp_path / "x.mp4")
+    assert len(video) == 3 + 1 + 10  # as long as the GIF shows each picture: the last is held 500 ms
+    assert meta["fps"] == 20.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlflow_weightviz as wv
-from mlflow_weightviz.html_player import read_player
+from mlflow_weightviz.outputs.html_player import read_player
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, run_cli, training_series, write_canonical
 
 

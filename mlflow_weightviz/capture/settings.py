@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,26 +97,12 @@ def render_options_from(values: Mapping[str, Any]) -> RenderOptions:
     Raises:
         UsageError: An option is unknown, has a bad value, or names an unknown colormap.
     """
-    known = sorted(f.name for f in fields(RenderOptions) if f.name not in _NOT_RENDER_OPTIONS)
+    known = sorted(name for name in RenderOptions.keywords() if name not in _NOT_RENDER_OPTIONS)
     unknown = sorted(set(values) - set(known))
     if unknown:
         msg = f"unknown render option(s) {', '.join(unknown)}; the render options are: {', '.join(known)}"
         raise UsageError(msg)
-    options = RenderOptions(**values)
-    _check_cmap_until_options_do(options.cmap)
-    return options
-
-
-def _check_cmap_until_options_do(name: str | None) -> None:
-    # MERGE NOTE: RenderOptions checks its colormap when made once the "writers" branch lands;
-    # then delete this function and its call above (the check is cheap, so running it twice is harmless).
-    if name is None:
-        return
-    import matplotlib as mpl
-
-    if name not in mpl.colormaps:
-        msg = f"unknown colormap {name!r}; try viridis, magma, YlGn, RdBu_r or any matplotlib colormap name"
-        raise UsageError(msg)
+    return RenderOptions(**values)  # checks the colormap too
 
 
 def _dtype(value: Any) -> np.dtype[Any] | None:

@@ -12,34 +12,23 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_weightviz.grid import PreparedLayer, prepare_layer, sample_indices
+from mlflow_weightviz.grid import PreparedLayer, sample_indices
 from mlflow_weightviz.options import RenderOptions
 
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
     from mlflow_weightviz.snapshots import Snapshot
 
-__all__ = ["GridResult", "aligned_steps", "render_grid"]
+__all__ = ["Montage", "aligned_steps"]
 
 _GAP = 12  # pixels between panels
 _HEADER_PT = 15
-
-
-@dataclass(frozen=True)
-class GridResult:
-    """What ``render_grid`` drew: the steps of its frames and how the panels were laid out."""
-
-    steps: tuple[int, ...]
-    layers: tuple[str, ...]
-    size: tuple[int, int]
-    panels: tuple[int, int]
 
 
 def aligned_steps(layers: Mapping[str, Sequence[Snapshot]], max_frames: int | None) -> tuple[
@@ -57,68 +46,89 @@ def aligned_steps(layers: Mapping[str, Sequence[Snapshot]], max_frames: int | No
     return chosen, shown
 
 
-def render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, target: Path, *, workdir: Path,
-                make_renderer: Callable[[PreparedLayer], HeatmapRenderer],
-                caption: Callable[[int], str] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> GridResult:
-    """Draw every layer side by side, one frame per step, into the GIF ``target``.
+class Montage:
+    """All layers side by side: a frame source for the writers, one frame per step.
+
+    Use it as a context manager; the layers' stacks and renderers are released at the end::
+
+        with Montage(layers, options, workdir=tmp, make_renderer=build) as montage:
+            for step, rgb in montage.frames():
+                ...
 
     Args:
         layers: Snapshots per layer, each sorted by step.
-        options: Drawing and encoding options; ``max_frames`` samples the union of steps.
-        target: The GIF to write.
+        options: Drawing options; ``max_frames`` samples the union of steps.
         workdir: Folder for the layers' temporary stacks.
         make_renderer: Builds a layer's heatmap renderer (the same one its own GIF uses).
         caption: Text for a frame's step, shown under the header (the caption metric).
-        progress: Called as ``progress(i, n)`` after each frame.
-
-    Raises:
-        OutputError: The GIF cannot be written.
     """
-    from mlflow_weightviz._files import atomic_file
-    from mlflow_weightviz.encoders import GifEncoder
 
-    steps, shown = aligned_steps(layers, options.max_frames)
-    per_layer = options.replace(max_frames=None)
-    prepared: dict[str, PreparedLayer] = {}
-    position: dict[str, dict[int, int]] = {}
-    renderers: dict[str, HeatmapRenderer] = {}
-    stacks: dict[str, np.ndarray] = {}
-    try:
-        for name, snaps in layers.items():
-            needed = sorted({j for j in shown[name] if j >= 0})
-            prepared[name] = prepare_layer(name, [snaps[j] for j in needed], per_layer, workdir)
-            position[name] = {j: k for k, j in enumerate(needed)}
-            renderers[name] = make_renderer(prepared[name])
-            stacks[name] = prepared[name].stack()
-        names = list(layers)
-        sizes = [renderers[n].size for n in names]
-        layout = _Layout(sizes, header_lines=2 if caption is not None else 1)
-        palette = _palette([renderers[n].palette_colors() for n in names])
+    def __init__(self, layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, *, workdir: Path,
+                 make_renderer: Callable[[PreparedLayer], HeatmapRenderer],
+                 caption: Callable[[int], str] | None = None) -> None:
+        self._layers = layers
+        self._options = options
+        self._workdir = workdir
+        self._make_renderer = make_renderer
+        self._caption = caption
+        steps, self._shown = aligned_steps(layers, options.max_frames)
+        self.steps = tuple(steps)
+        self.names = tuple(layers)
+        self._prepared: dict[str, PreparedLayer] = {}
+        self._position: dict[str, dict[int, int]] = {}
+        self._renderers: dict[str, HeatmapRenderer] = {}
+        self._stacks: dict[str, np.ndarray] = {}
+        self.size = (0, 0)
+        self.panels = (0, 0)
+        self.palette_colors = np.zeros((0, 3), np.uint8)
+
+    def __enter__(self) -> Montage:
+        from mlflow_weightviz.grid import prepare_layer
+
+        try:
+            per_layer = self._options.replace(max_frames=None)
+            for name, snaps in self._layers.items():
+                needed = sorted({j for j in self._shown[name] if j >= 0})
+                self._prepared[name] = prepare_layer(name, [snaps[j] for j in needed], per_layer, self._workdir)
+                self._position[name] = {j: k for k, j in enumerate(needed)}
+                self._renderers[name] = self._make_renderer(self._prepared[name])
+                self._stacks[name] = self._prepared[name].stack()
+            self._layout = _Layout([self._renderers[n].size for n in self.names],
+                                   header_lines=2 if self._caption is not None else 1)
+        except BaseException:
+            self.close()
+            raise
+        self.size, self.panels = self._layout.size, self._layout.grid
+        self.palette_colors = _palette([self._renderers[n].palette_colors() for n in self.names])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame's step and (H, W, 3) uint8 picture, in order; a panel is redrawn only when it changes."""
         cache: dict[str, tuple[int, np.ndarray]] = {}
-        with atomic_file(target) as fh, GifEncoder(fh, frame_ms=options.frame_ms, hold_last_ms=options.hold_last_ms,
-                                                   loop=options.loop, palette_colors=palette) as gif:
-            for i, step in enumerate(steps):
-                panels = []
-                for name in names:
-                    j = shown[name][i]
-                    if name not in cache or cache[name][0] != j:
-                        cache[name] = (j, _panel(name, j, layers[name], prepared[name], position[name],
-                                                 stacks[name], renderers[name]))
-                    panels.append(cache[name][1])
-                header = [f"step {step}  ·  frame {i + 1}/{len(steps)}  ·  {len(names)} layers"]
-                if caption is not None:
-                    header.append(caption(step))
-                gif.add_frame(layout.compose(panels, header))
-                if progress is not None:
-                    progress(i + 1, len(steps))
-    finally:
-        for name in prepared:
-            stacks.pop(name, None)
-            if name in renderers:
-                renderers[name].close()
-            prepared[name].stack_path.unlink(missing_ok=True)
-    return GridResult(tuple(steps), tuple(names), layout.size, layout.grid)
+        for i, step in enumerate(self.steps):
+            panels = []
+            for name in self.names:
+                j = self._shown[name][i]
+                if name not in cache or cache[name][0] != j:
+                    cache[name] = (j, _panel(name, j, self._layers[name], self._prepared[name],
+                                             self._position[name], self._stacks[name], self._renderers[name]))
+                panels.append(cache[name][1])
+            header = [f"step {step}  ·  frame {i + 1}/{len(self.steps)}  ·  {len(self.names)} layers"]
+            if self._caption is not None:
+                header.append(self._caption(step))
+            yield step, self._layout.compose(panels, header)
+
+    def close(self) -> None:
+        """Release the renderers and remove the stacks."""
+        for name, prepared in self._prepared.items():
+            self._stacks.pop(name, None)
+            if name in self._renderers:
+                self._renderers.pop(name).close()
+            prepared.stack_path.unlink(missing_ok=True)
+        self._prepared.clear()
 
 
 def _panel(name: str, j: int, snaps: Sequence[Snapshot], prepared: PreparedLayer, position: Mapping[int, int],

@@ -4,13 +4,15 @@ An MP4 of a long run is far smaller than its GIF and the MLflow UI plays it in t
 artifact view. The video is H.264 in yuv420p, which every browser plays; that format
 needs even frame sizes, which the heatmap renderer always produces. Frames are
 written at ``1000 / frame_ms`` frames per second; a frame shown longer in the GIF (a
-merged repeat, or the held last frame) is repeated to last as long.
+merged repeat, or the held last frame) is repeated to last as long. :class:`Mp4Writer`
+is fed by the frame loop with the GIF's own pictures, so nothing is decoded back.
 
 imageio is an optional dependency: ``pip install 'mlflow-weightviz[mp4]'``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -18,9 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_weightviz.encoders import Animation, Frame
 from mlflow_weightviz.errors import MissingDependencyError, OutputError
+from mlflow_weightviz.options import DEFAULT_FRAME_MS, GifOptions
 
-__all__ = ["Mp4Encoder", "check_available", "gif_to_mp4"]
+__all__ = ["Mp4Encoder", "Mp4Writer", "check_available"]
+
+_MAX_DELAY_MS = 655_350  # the GIF's longest delay (16 bits of 10 ms): the video shows what the GIF shows
 
 _HINT = "pip install 'mlflow-weightviz[mp4]'"
 
@@ -58,7 +64,7 @@ class Mp4Encoder:
         MissingDependencyError: imageio or imageio-ffmpeg is not installed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, frame_ms: int = 200, crf: int = 20) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, frame_ms: int = DEFAULT_FRAME_MS, crf: int = 20) -> None:
         if frame_ms <= 0:
             msg = f"frame_ms must be positive; got {frame_ms}"
             raise ValueError(msg)
@@ -125,19 +131,63 @@ class Mp4Encoder:
                            "-movflags", "+faststart"])
 
 
-def gif_to_mp4(gif: Path, target: Path, *, frame_ms: int, crf: int = 20) -> int:
-    """Write an MP4 showing exactly what ``gif`` shows, frame for frame and as long.
+class Mp4Writer:
+    """A :class:`~mlflow_weightviz.encoders.FrameWriter`: an MP4 of exactly what the GIF shows, as long.
 
-    Returns:
-        The number of video frames written.
+    Each frame is the GIF's palette-mapped picture. Like the GIF, a run of identical
+    frames is one picture shown for their total time (capped at the GIF's longest
+    delay), and the last one is held for ``hold_last_ms``; the video repeats a picture
+    to last as long.
 
-    Raises:
-        MissingDependencyError: imageio or imageio-ffmpeg is not installed.
-        OutputError: The video cannot be written.
+    Args:
+        path: The file to write.
+        gif: The timing; the video has ``1000 / frame_ms`` fps.
+        crf: H.264 quality, 0 (lossless) to 51.
     """
-    from mlflow_weightviz.replay import gif_frames
 
-    with Mp4Encoder(target, frame_ms=frame_ms, crf=crf) as mp4:
-        for rgb, ms in gif_frames(gif):
-            mp4.add_frame(rgb, repeat=max(1, round(ms / frame_ms)))
-    return mp4.frames_written
+    pixels = "shown"
+
+    def __init__(self, path: Path, gif: GifOptions, *, crf: int = 20) -> None:
+        self.path = path
+        self._gif = gif
+        self._crf = crf
+        self._encoder: Mp4Encoder | None = None
+        self._pending: tuple[np.ndarray, int] | None = None  # a picture and how many frames show it
+
+    def setup(self, animation: Animation) -> None:
+        """Open the video."""
+        self._encoder = Mp4Encoder(self.path, frame_ms=self._gif.frame_ms, crf=self._crf)
+
+    def add_frame(self, frame: Frame) -> None:
+        """Add the frame's picture; an identical one only lengthens the picture before."""
+        if self._pending is not None and frame.block is None:
+            self._pending = (self._pending[0], self._pending[1] + 1)
+            return
+        self._flush(last=False)
+        self._pending = (frame.shown(), 1)
+
+    def finish(self) -> None:
+        """Write the last picture, held, and close the video."""
+        assert self._encoder is not None
+        self._flush(last=True)
+        self._encoder.finish()
+
+    def abort(self) -> None:
+        """Close and remove the half-written video."""
+        if self._encoder is not None:
+            with contextlib.suppress(OutputError, ValueError):
+                self._encoder.finish()
+        self.path.unlink(missing_ok=True)
+
+    def _flush(self, *, last: bool) -> None:
+        if self._pending is None:
+            return
+        assert self._encoder is not None
+        rgb, count = self._pending
+        frame_ms = self._gif.frame_ms
+        ms = count * frame_ms
+        if last:
+            ms = max(ms, self._gif.hold_last_ms)
+        delay = min(ms, _MAX_DELAY_MS) // 10 * 10  # as the GIF stores it
+        self._encoder.add_frame(rgb, repeat=max(1, round(delay / frame_ms)))
+        self._pending = None
