@@ -45,7 +45,7 @@ import threading
 import warnings
 import weakref
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -268,7 +268,7 @@ class _ZipMemberRaw(_RawSource):
                 self._pos += skipped
             data = bytearray(size)
             view, got = memoryview(data), 0
-            while self._pos == start + got and got < size:  # 1 MiB pieces: no growing concatenation
+            while self._pos == start and got < size:  # 1 MiB pieces: no growing concatenation
                 n = stream.readinto(view[got:got + (1 << 20)])
                 if not n:
                     break
@@ -549,12 +549,12 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
             and len({r.shape[0] for r in arrays.values()}) == 1:
         count = next(iter(arrays.values())).shape[0]
         _check_count(origin, count * len(arrays), f"{count} steps")
-        return _stacked(arrays, list(range(count)), origin)
+        return _stacked(arrays, range(count), origin)
     _check_count(origin, len(arrays), "arrays")
     return [Snapshot(name, step or 0, f"{origin}[{name}]", ref.read) for name, ref in arrays.items()]
 
 
-def _stacked(arrays: Mapping[str, _Ref], steps: list[int], origin: str) -> list[Snapshot]:
+def _stacked(arrays: Mapping[str, _Ref], steps: Sequence[int], origin: str) -> list[Snapshot]:
     if not steps:
         shapes = ", ".join(f"{name} {ref.shape}" for name, ref in arrays.items())
         msg = f"{origin}: expected a stack of at least one snapshot along axis 0; got none ({shapes})"
