@@ -409,7 +409,8 @@ def test_a_tiny_header_declaring_millions_of_empty_steps_is_refused_at_once(tmp_
                            "hollow.npy", "--output-dir", "out"], capture_output=True, text=True, cwd=tmp_path,
                           timeout=120, check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 3 and len(lines) == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: hollow.npy: declares 4,000,000 snapshots")
     peak_mib = int(proc.stdout.split("maxrss_kib")[1]) / 1024
     assert peak_mib < 400, f"peak RSS {peak_mib:.0f} MiB to refuse a {len(buf.getvalue())}-byte file"
