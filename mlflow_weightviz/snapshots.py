@@ -549,6 +549,12 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
             and len({r.shape[0] for r in arrays.values()}) == 1:
         count = next(iter(arrays.values())).shape[0]
         _check_count(origin, count * len(arrays), f"{count} steps")
+        if all(not math.prod(r.shape[1:]) for r in arrays.values()):
+            # No data bounds the step count of a header-only stack: refuse it before making any step.
+            name, ref = next(iter(arrays.items()))
+            msg = (f"{origin}: layer {name!r} is a stack of {count} empty snapshots (shape {ref.shape}): "
+                   "every step must hold at least one value")
+            raise SnapshotFormatError(msg)
         return _stacked(arrays, range(count), origin)
     _check_count(origin, len(arrays), "arrays")
     return [Snapshot(name, step or 0, f"{origin}[{name}]", ref.read) for name, ref in arrays.items()]
@@ -564,10 +570,6 @@ def _stacked(arrays: Mapping[str, _Ref], steps: Sequence[int], origin: str) -> l
         if not ref.shape or ref.shape[0] != len(steps):
             msg = (f"{origin}: layer {name!r} must be stacked with one entry per step, "
                    f"shape ({len(steps)}, ...); it has shape {ref.shape}")
-            raise SnapshotFormatError(msg)
-        if not math.prod(ref.shape[1:]):
-            msg = (f"{origin}: layer {name!r} is a stack of {len(steps)} empty snapshots (shape {ref.shape}): "
-                   "every step must hold at least one value")
             raise SnapshotFormatError(msg)
         for i, step in enumerate(steps):
             out.append(Snapshot(name, step, f"{origin}[{name}][{i}]", functools.partial(_take, ref.read, i)))
