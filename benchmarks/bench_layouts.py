@@ -206,6 +206,9 @@ def main() -> None:
         "way: torch files through `torch.load(mmap=True, weights_only=True)` and the tensor's storage, deflated "
         "members as a stream. The 128-byte header is refused on its header (exit 3) before any per-step work.",
         "",
+        "The torch rows include torch itself, which `render-file` imports to read them (about 300 MiB before "
+        "any tensor is read).",
+        "",
     ])
     args.out.write_text(text)
     print(f"wrote {args.out} in {total / 60:.1f} min")
