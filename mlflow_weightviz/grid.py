@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ import numpy as np
 
 from mlflow_weightviz.errors import OutputError, ShapeMismatchError, SnapshotError, SnapshotFormatError
 from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
-from mlflow_weightviz.snapshots import Snapshot
+from mlflow_weightviz.snapshots import LazyArray, Snapshot, release_pages
 
 __all__ = ["GridInfo", "PreparedLayer", "choose_format", "finite_range", "format_value", "prepare_layer",
-           "sample_indices", "to_grid"]
+           "release_pages", "sample_indices", "to_grid"]
 
 # Bytes of raw data pooled at once; bounds memory for huge layers.
 _BAND_BYTES = 64 * 1024 * 1024
@@ -71,50 +70,132 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0], math.prod(shape[1:]))
 
 
-def to_grid(arr: np.ndarray, *, max_rows: int, max_cols: int, pool: Pool = Pool.MEAN) -> tuple[np.ndarray, GridInfo]:
+def to_grid(arr: np.ndarray | LazyArray, *, max_rows: int, max_cols: int,
+            pool: Pool = Pool.MEAN) -> tuple[np.ndarray, GridInfo]:
     """Reshape ``arr`` to 2-D and block-pool it to at most ``max_rows`` × ``max_cols`` cells.
 
     Returns a float64 matrix and a description of what was done. Complex values are
-    shown by magnitude. Memory-mapped input is read in bands of rows.
+    shown by magnitude. Large input is read in bands whatever its layout: bands of rows
+    for C order, bands of columns where the matrix is stored column by column (Fortran
+    order, a step of a Fortran-order stack), and each band in pieces that span at most
+    64 MiB of the file, whose pages are released after reading. A :class:`LazyArray`
+    (bfloat16, torch, deflated members) is converted band by band the same way. Every
+    block is pooled from the same values in the same order whichever way it was read.
     """
     shape = tuple(arr.shape)
     rows, cols = matrix_shape(shape)
     if rows == 0 or cols == 0:
         msg = f"cannot draw an empty array: it must have at least one value; this one has shape {shape}"
         raise SnapshotError(msg)
-    mat = arr.reshape(rows, cols)
     br, bc = math.ceil(rows / max_rows), math.ceil(cols / max_cols)
     gr, gc = math.ceil(rows / br), math.ceil(cols / bc)
     info = GridInfo(shape, (rows, cols), (gr, gc), (br, bc), pool)
     if (br, bc) == (1, 1):
-        return _as_float(mat), info
+        return _as_float(np.asarray(arr).reshape(rows, cols)), info
     out = np.empty((gr, gc))
-    band = max(1, _BAND_BYTES // max(1, cols * mat.dtype.itemsize * br)) * br
-    for r0 in range(0, rows, band):
-        block = _as_float(mat[r0:r0 + band])
-        out[r0 // br:(r0 + block.shape[0] + br - 1) // br] = _pool_band(block, br, bc, pool)
+    for axis, start, block in _bands(arr, rows, cols, br, bc):
+        pooled = _pool_band(block, br, bc, pool)
         del block
-        release_pages(mat)
+        if axis == 0:
+            out[start // br:start // br + pooled.shape[0]] = pooled
+        else:
+            out[:, start // bc:start // bc + pooled.shape[1]] = pooled
     return out, info
 
 
-def release_pages(arr: np.ndarray) -> None:
-    """Let the kernel drop the pages of a memory-mapped array that this process has read.
+def _bands(arr: np.ndarray | LazyArray, rows: int, cols: int, br: int = 1,
+           bc: int = 1) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Float64 bands of ``arr``'s (rows, cols) matrix as ``(axis, start, block)``, aligned to whole blocks.
 
-    Pages of a file mapping that were read stay resident (and count towards the
-    process's memory) until the mapping closes, so reading a 1.6 GB layer band by band
-    would still end with 1.6 GB resident. Read-only mappings are re-read from the file
-    (usually the page cache) if touched again, so dropping them is always safe. Arrays
-    that are not read-only file mappings are left alone.
+    Bands hold about :data:`_BAND_BYTES` of data; pages are released after each one is used.
     """
-    base: object = arr
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, mmap.mmap) and not arr.flags.writeable and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            base.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # closed, or the platform refuses: only memory use is at stake
-            pass
+    if len(arr.shape) < 2:
+        arr = _matrix_view(arr, rows, cols)
+    itemsize = max(arr.itemsize, arr.dtype.itemsize)
+    strides = _matrix_strides(arr, rows, cols)
+    if strides is not None and abs(strides[1]) > abs(strides[0]):  # stored column by column
+        mat = _matrix_view(arr, rows, cols)
+        band = max(1, _BAND_BYTES // max(1, rows * itemsize * bc)) * bc
+        for c0 in range(0, cols, band):
+            yield 1, c0, _read_float(mat, (slice(0, rows), slice(c0, min(c0 + band, cols))))
+            _release(mat)
+        return
+    band = max(1, _BAND_BYTES // max(1, cols * itemsize * br)) * br
+    rest = tuple(slice(0, n) for n in arr.shape[1:])
+    for r0 in range(0, rows, band):
+        r1 = min(r0 + band, rows)
+        yield 0, r0, _read_float(arr, (slice(r0, r1), *rest)).reshape(r1 - r0, cols)
+        _release(arr)
+
+
+def _matrix_view(arr: np.ndarray | LazyArray, rows: int, cols: int) -> np.ndarray | LazyArray:
+    """``arr`` as its (rows, cols) matrix; only called where that needs no copy."""
+    if isinstance(arr, LazyArray):
+        view = arr.reshape(rows, cols)
+        assert view is not None
+        return view
+    return arr.reshape(rows, cols)
+
+
+def _matrix_strides(arr: np.ndarray | LazyArray, rows: int, cols: int) -> tuple[int, int] | None:
+    """The byte strides of ``arr`` seen as its (rows, cols) matrix, or ``None`` if that needs a copy."""
+    probe = np.lib.stride_tricks.as_strided(np.empty(1, np.uint8), shape=arr.shape, strides=arr.strides)
+    try:
+        view = np.reshape(probe, (rows, cols), copy=False)
+    except ValueError:
+        return None
+    return int(view.strides[0]), int(view.strides[1])
+
+
+def _read_float(src: np.ndarray | LazyArray, index: tuple[slice, ...]) -> np.ndarray:
+    """The float64 values of ``src[index]``, read in pieces that each span at most _BAND_BYTES of memory."""
+    shape = tuple(s.stop - s.start for s in index)
+    pieces = list(_pieces(shape, tuple(src.strides), src.itemsize, _BAND_BYTES))
+    if len(pieces) == 1:
+        return _as_float(_read(src, index))
+    out = np.empty(shape)
+    for piece in pieces:
+        out[piece] = _as_float(_read(src, tuple(slice(s.start + p.start, s.start + p.stop)
+                                                for s, p in zip(index, piece, strict=True))))
+        _release(src)
+    return out
+
+
+def _pieces(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int,
+            budget: int) -> Iterator[tuple[slice, ...]]:
+    """Split a block into pieces of whole index ranges, each spanning at most ``budget`` bytes.
+
+    A piece's span is the distance from its first to its last byte in memory: a step of a
+    Fortran-order stack, for example, spans far more than it holds. Pieces go forward in
+    memory, which streamed members need.
+    """
+    span = itemsize + sum((n - 1) * abs(st) for n, st in zip(shape, strides, strict=True) if n > 0)
+    long_axes = [i for i, n in enumerate(shape) if n > 1]
+    if span <= budget or not long_axes:
+        yield tuple(slice(0, n) for n in shape)
+        return
+    k = max(long_axes, key=lambda i: abs(strides[i]))
+    one = span - (shape[k] - 1) * abs(strides[k])  # the span of one index along axis k
+    if one <= budget:
+        step = max(1, (budget - one) // max(1, abs(strides[k])) + 1)
+        for a in range(0, shape[k], step):
+            yield tuple(slice(a, min(a + step, n)) if i == k else slice(0, n) for i, n in enumerate(shape))
+        return
+    sub = tuple(1 if i == k else n for i, n in enumerate(shape))
+    for a in range(shape[k]):
+        for piece in _pieces(sub, strides, itemsize, budget):
+            yield tuple(slice(a, a + 1) if i == k else p for i, p in enumerate(piece))
+
+
+def _read(src: np.ndarray | LazyArray, index: tuple[slice, ...]) -> np.ndarray:
+    return src.read(index) if isinstance(src, LazyArray) else src[index]
+
+
+def _release(src: np.ndarray | LazyArray) -> None:
+    if isinstance(src, LazyArray):
+        src.release()
+    else:
+        release_pages(src)
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
@@ -181,7 +262,7 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
         SnapshotError: The layer holds an empty array.
     """
     chosen = [snapshots[i] for i in sample_indices(len(snapshots), options.max_frames)]
-    first_arr = chosen[0].load()
+    first_arr = chosen[0].open()
     first_shape = tuple(first_arr.shape)
     grid_info: GridInfo | None = None
     stack = None
@@ -194,7 +275,7 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
     init = prev = None
     try:
         for i, snap in enumerate(chosen):
-            arr = first_arr if i == 0 else snap.load()
+            arr = first_arr if i == 0 else snap.open()
             if tuple(arr.shape) != first_shape:
                 msg = (f"layer {name!r} changes shape: every snapshot must have the shape of step "
                        f"{chosen[0].step}, {first_shape}; step {snap.step} has shape {tuple(arr.shape)}")
@@ -260,20 +341,16 @@ def _scratch_error(folder: Path, exc: OSError) -> OutputError:
     return OutputError(msg)
 
 
-def finite_range(arr: np.ndarray) -> tuple[float, float] | None:
+def finite_range(arr: np.ndarray | LazyArray) -> tuple[float, float] | None:
     """The smallest and largest finite value (complex by magnitude), read in bands; ``None`` if there is none."""
     if arr.size == 0:
         return None
-    mat = arr.reshape(matrix_shape(tuple(arr.shape)))
-    band = max(1, _BAND_BYTES // max(1, mat.shape[1] * mat.dtype.itemsize))
     lo, hi = np.inf, -np.inf
-    for r0 in range(0, mat.shape[0], band):
-        values = _as_float(mat[r0:r0 + band])
+    for _, _, values in _bands(arr, *matrix_shape(tuple(arr.shape))):
         finite = values[np.isfinite(values)]
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
         del values, finite
-        release_pages(mat)
     return (lo, hi) if lo <= hi else None
 
 

@@ -581,8 +581,8 @@ def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: in
 def _summaries(snapshots: list[Snapshot], layers: Sequence[str]) -> list[LayerSummary]:
     out = []
     for name, snaps in group_layers(snapshots, layers).items():
-        first = snaps[0].load()
-        ranges = [r for r in (finite_range(s.load()) for s in snaps) if r is not None]
+        first = snaps[0].open()
+        ranges = [r for r in (finite_range(s.open()) for s in snaps) if r is not None]
         lo = min((r[0] for r in ranges), default=float("nan"))
         hi = max((r[1] for r in ranges), default=float("nan"))
         out.append(LayerSummary(name, tuple(first.shape), str(first.dtype), len(snaps), snaps[0].step,

@@ -14,19 +14,38 @@ Formats, detected from the extension and then from the first bytes:
 * ``.pt``/``.pth``/``.ckpt``: torch state dicts, loaded with ``weights_only=True``.
 * Python pickles (a list of 2-D arrays, as the original script used), only with
   ``allow_pickle=True`` because unpickling can run arbitrary code.
+
+Memory stays bounded for every layout. Arrays whose file bytes are their values are
+memory-mapped (C- or Fortran-order ``.npy``, stored ``.npz`` members, safetensors);
+larger ones that must be converted or inflated (bfloat16 safetensors, torch tensors,
+deflated ``.npz`` members over 64 MiB) come back from :meth:`Snapshot.open` as a
+:class:`LazyArray`, which :func:`mlflow_weightviz.grid.to_grid` reads a band at a time.
+
+Limits, checked on the headers before any per-step work: one file declares at most
+:data:`MAX_SNAPSHOTS_PER_FILE` snapshots, and a stack of steps that hold no values is
+refused (there is nothing to draw). Only regular files are opened: a FIFO, socket or
+device given by name is refused; in a folder it is skipped with a warning, as are
+broken symbolic links and symbolic link loops.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import json
+import math
+import mmap
 import os
 import pickle
 import re
+import stat
 import struct
+import threading
 import warnings
+import weakref
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -43,7 +62,8 @@ from mlflow_weightviz.errors import (
 )
 from mlflow_weightviz.options import WeightvizWarning
 
-__all__ = ["Snapshot", "group_layers", "read_snapshots", "step_from_name"]
+__all__ = ["MAX_SNAPSHOTS_PER_FILE", "LazyArray", "Snapshot", "group_layers", "read_snapshots",
+           "release_pages", "step_from_name"]
 
 #: The key that marks a file as a chunk of many steps.
 STEPS_KEY = "steps"
@@ -56,7 +76,14 @@ _PICKLE_EXT = {".pkl", ".pickle", ".obj", ".p"}
 _INT_RE = re.compile(r"\d+")
 _KIND_NAMES = {"npy": ".npy", "npz": ".npz", "safetensors": ".safetensors", "torch": "torch", "pickle": "pickle"}
 
-Loader = Callable[[], np.ndarray]
+#: The most snapshots (layers × steps) one file may declare. Headers are tiny, so a file
+#: can claim millions of steps of nothing; past this it is refused before any per-step work.
+MAX_SNAPSHOTS_PER_FILE = 1_000_000
+
+#: Arrays larger than this that must be converted or inflated are read in bands (LazyArray).
+_LAZY_BYTES = 64 * 1024 * 1024
+
+Loader = Callable[[], "np.ndarray | LazyArray"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +96,238 @@ class Snapshot:
     loader: Loader = field(repr=False, compare=False)
 
     def load(self) -> np.ndarray:
-        """Read the array (often a read-only memory map)."""
+        """Read the array (often a read-only memory map); a :class:`LazyArray` is read whole."""
+        arr = self.open()
         try:
-            return np.asarray(self.loader())
+            return np.asarray(arr)
         except WeightvizError:
             raise
         except Exception as exc:  # any decoder failure becomes our own error
             msg = f"cannot read {self.origin}: {_describe(exc)}"
             raise SnapshotFormatError(msg) from exc
+
+    def open(self) -> np.ndarray | LazyArray:
+        """The array without reading it: a memory map, a small array, or a :class:`LazyArray`.
+
+        This is what bounded-memory readers use (:func:`mlflow_weightviz.grid.to_grid`
+        reads either kind a band at a time); :meth:`load` always returns an ndarray.
+        """
+        try:
+            arr = self.loader()
+            return arr if isinstance(arr, LazyArray) else np.asarray(arr)
+        except WeightvizError:
+            raise
+        except Exception as exc:  # any decoder failure becomes our own error
+            msg = f"cannot read {self.origin}: {_describe(exc)}"
+            raise SnapshotFormatError(msg) from exc
+
+
+class LazyArray:
+    """A large array whose values are read a block at a time, never whole.
+
+    Files whose bytes are not the values themselves (bfloat16 and torch tensors shown as
+    float32) or that cannot be memory-mapped (deflated ``.npz`` members) give one of these
+    for large arrays. :func:`mlflow_weightviz.grid.to_grid` reads it in bands;
+    ``np.asarray`` reads it whole. ``strides`` and ``itemsize`` describe the raw bytes
+    in the file (for the memory a band spans); ``dtype`` is the dtype of the values.
+    """
+
+    def __init__(self, raw: _RawSource, shape: tuple[int, ...], strides: tuple[int, ...], offset: int,
+                 dtype: np.dtype[Any], convert: Callable[[np.ndarray], np.ndarray], where: str) -> None:
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self._raw = raw
+        self._estrides = tuple(strides)  # in elements of the raw dtype
+        self._offset = offset
+        self._convert = convert
+        self._where = where
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes of one raw element in the file."""
+        return self._raw.dtype.itemsize
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Bytes between neighbours along each axis, in the raw data."""
+        return tuple(s * self.itemsize for s in self._estrides)
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self._where}, shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, index: int) -> LazyArray:
+        """One entry along axis 0 (a step of a stack), still unread."""
+        if not self.shape or not -self.shape[0] <= index < self.shape[0]:
+            msg = f"index {index} is out of range for shape {self.shape}"
+            raise IndexError(msg)
+        index %= self.shape[0]
+        return LazyArray(self._raw, self.shape[1:], self._estrides[1:], self._offset + index * self._estrides[0],
+                         self.dtype, self._convert, self._where)
+
+    def reshape(self, rows: int, cols: int) -> LazyArray | None:
+        """The same values as a (rows, cols) matrix without copying, or ``None`` if that needs a copy."""
+        probe = np.lib.stride_tricks.as_strided(np.empty(1, np.uint8), shape=self.shape, strides=self._estrides)
+        try:
+            view = np.reshape(probe, (rows, cols), copy=False)
+        except ValueError:
+            return None
+        return LazyArray(self._raw, (rows, cols), tuple(view.strides), self._offset, self.dtype, self._convert,
+                         self._where)
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The values of a block (one ``slice(start, stop)`` per axis), read in one go."""
+        counts = [len(range(*s.indices(n))) for s, n in zip(index, self.shape, strict=True)]
+        starts = [s.indices(n)[0] for s, n in zip(index, self.shape, strict=True)]
+        lo = self._offset + sum(a * st for a, st in zip(starts, self._estrides, strict=True))
+        if not all(counts):
+            return np.empty(counts, self.dtype)
+        hi = lo + sum((c - 1) * st for c, st in zip(counts, self._estrides, strict=True)) + 1
+        try:
+            raw = self._raw.span(lo, hi)
+            view = np.lib.stride_tricks.as_strided(raw, shape=counts, strides=self.strides, writeable=False)
+            return np.asarray(self._convert(view), dtype=self.dtype)
+        except WeightvizError:
+            raise
+        except Exception as exc:  # decoder failures (zlib, I/O) become our own error
+            msg = f"cannot read {self._where}: {_describe(exc)}"
+            raise SnapshotFormatError(msg) from exc
+
+    def release(self) -> None:
+        """Let the kernel drop the file pages read so far (they are re-read if needed)."""
+        self._raw.release()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self.read(tuple(slice(0, n) for n in self.shape))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+class _RawSource:
+    """Raw elements of one array in a file, read by element range."""
+
+    dtype: np.dtype[Any]
+
+    def span(self, lo: int, hi: int) -> np.ndarray:
+        """Raw elements ``[lo, hi)`` as a 1-D contiguous array."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the pages read so far, if the memory is a file mapping."""
+
+
+class _MappedRaw(_RawSource):
+    """Raw elements in memory: a memory map (released with madvise) or a torch storage."""
+
+    def __init__(self, flat: np.ndarray, drop: Callable[[], None] | None, keep: Any = None) -> None:
+        self.dtype = flat.dtype
+        self._flat = flat
+        self._drop = drop
+        self._keep = keep  # whatever owns the memory (a torch storage) stays alive with us
+
+    def span(self, lo: int, hi: int) -> np.ndarray:
+        return self._flat[lo:hi]
+
+    def release(self) -> None:
+        if self._drop is not None:
+            self._drop()
+
+
+class _ZipMemberRaw(_RawSource):
+    """A deflated zip member, inflated as a stream: reads go forward, going back re-inflates from the start."""
+
+    def __init__(self, path: Path, member: str, data_at: int, dtype: np.dtype[Any]) -> None:
+        self.dtype = dtype
+        self._path, self._member, self._data_at = path, member, data_at
+        self._lock = threading.Lock()
+        self._open: list[Any] = []  # [ZipFile, member stream] while open
+        self._pos = 0
+        weakref.finalize(self, _close_all, self._open)
+
+    def span(self, lo: int, hi: int) -> np.ndarray:
+        start, size = self._data_at + lo * self.dtype.itemsize, (hi - lo) * self.dtype.itemsize
+        with self._lock:
+            if not self._open or self._pos > start:
+                _close_all(self._open)
+                zf = zipfile.ZipFile(self._path)
+                self._open[:] = [zf, zf.open(self._member)]
+                self._pos = 0
+            stream = self._open[1]
+            while self._pos < start:  # skip forward, inflating and dropping at most 16 MiB at a time
+                skipped = len(stream.read(min(start - self._pos, 1 << 24)))
+                if not skipped:
+                    break
+                self._pos += skipped
+            data = bytearray(size)
+            view, got = memoryview(data), 0
+            while self._pos == start and got < size:  # 1 MiB pieces: no growing concatenation
+                n = stream.readinto(view[got:got + (1 << 20)])
+                if not n:
+                    break
+                got += n
+            self._pos = start + got
+        if got < size:
+            msg = f"{self._path.name}: member {self._member!r} is truncated"
+            raise SnapshotFormatError(msg)
+        return np.frombuffer(data, dtype=self.dtype)
+
+
+def _close_all(handles: list[Any]) -> None:
+    for handle in reversed(handles):
+        handle.close()
+    handles.clear()
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Let the kernel drop the pages of a memory-mapped array that this process has read.
+
+    Pages of a file mapping that were read stay resident (and count towards the
+    process's memory) until the mapping closes, so reading a 1.6 GB layer band by band
+    would still end with 1.6 GB resident. Read-only mappings are re-read from the file
+    (usually the page cache) if touched again, so dropping them is always safe. Arrays
+    that are not read-only file mappings are left alone.
+    """
+    base: object = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and not arr.flags.writeable and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or the platform refuses: only memory use is at stake
+            pass
+
+
+def _drop_private_pages(address: int, length: int) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside a read-only private file mapping.
+
+    Only for memory torch mapped from a file and never wrote to: such pages are re-read
+    from the file when touched again. Partial pages at either end are left alone.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    libc = _libc()
+    if advice is None or libc is None:
+        return
+    page = mmap.PAGESIZE
+    start, end = -(-address // page) * page, (address + length) // page * page
+    if end > start:
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(advice))
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "madvise") else None
+    except OSError:
+        return None
 
 
 def step_from_name(name: str) -> int | None:
@@ -102,12 +353,21 @@ def read_snapshots(path: str | os.PathLike[str], *, allow_pickle: bool = False,
     Returns:
         The snapshots, in no particular order (see :func:`group_layers`).
 
+    Only regular files are opened. A path that is a FIFO, socket or device, a broken
+    symbolic link or a symbolic link loop is refused with its name; inside a folder such
+    entries are skipped with a :class:`~mlflow_weightviz.options.WeightvizWarning` that
+    names them, so one stray entry does not stop the others from rendering.
+
     Raises:
         SnapshotsNotFoundError: The path does not exist or holds no snapshot.
-        SnapshotFormatError: A file cannot be read safely.
+        SnapshotFormatError: A file cannot be read safely, or is not a regular file.
         PickleNotAllowedError: A pickle was found and ``allow_pickle`` is false.
     """
     root = Path(path)
+    problem = _not_regular(root)
+    if problem is not None and os.path.lexists(root) and not root.is_dir():
+        msg = f"{root}: {problem}; only regular files are read as snapshots"
+        raise SnapshotFormatError(msg)
     if root.is_file():
         # A file keeps its own stem as layer name, also when root_name is just its file name.
         name = root.stem if root_name in (None, root.name) else root_name
@@ -123,6 +383,11 @@ def read_snapshots(path: str | os.PathLike[str], *, allow_pickle: bool = False,
             for fname in sorted(filenames):
                 if fname.startswith((".", "latest_")):
                     continue  # hidden files; mlflow's latest_* checkpoints repeat an epoch
+                problem = _not_regular(Path(dirpath, fname))
+                if problem is not None:
+                    shown = f"{rel_dir}/{fname}" if rel_dir else fname
+                    warnings.warn(f"skipped {shown}: {problem}", WeightvizWarning, stacklevel=2)
+                    continue
                 snaps.extend(_read_file(Path(dirpath, fname), rel_dir=rel_dir, root_name=name,
                                         allow_pickle=allow_pickle, strict=False))
     else:
@@ -132,6 +397,22 @@ def read_snapshots(path: str | os.PathLike[str], *, allow_pickle: bool = False,
         msg = f"no weight snapshots found in {root} (expected .npz, .npy, .safetensors or .pt files)"
         raise SnapshotsNotFoundError(msg)
     return snaps
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be opened as a snapshot file, or ``None`` if it is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            return ("a symbolic link loop" if exc.errno == errno.ELOOP
+                    else f"a broken symbolic link (to {os.readlink(path)})")
+        return None  # missing or unreadable: the callers say so in their own words
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"{kind}, not a regular file" if kind != "not a regular file" else kind
 
 
 def group_layers(snapshots: Iterable[Snapshot], layers: Iterable[str] = ()) -> dict[str, list[Snapshot]]:
@@ -220,7 +501,12 @@ def _detect(path: Path) -> str | None:
                        ("torch", _TORCH_EXT), ("pickle", _PICKLE_EXT)):
         if ext in exts:
             return kind
-    with path.open("rb") as fh:
+    # O_NONBLOCK: a FIFO swapped in after the check above must not hang the read.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            msg = f"{path.name}: not a regular file; only regular files are read as snapshots"
+            raise SnapshotFormatError(msg)
         head = fh.read(16)
     if head.startswith(b"\x93NUMPY"):
         return "npy"
@@ -253,6 +539,7 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
     steps_ref = refs.get(STEPS_KEY)
     arrays = {k: r for k, r in refs.items() if k != STEPS_KEY}
     if steps_ref is not None and len(steps_ref.shape) == 1:
+        _check_count(origin, steps_ref.shape[0] * max(1, len(arrays)), f"{steps_ref.shape[0]} steps")
         steps = np.asarray(steps_ref.read())
         if steps.dtype.kind not in "iu":
             msg = f"{origin}: the 'steps' array must hold integers; it holds {steps.dtype}"
@@ -260,11 +547,20 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
         return _stacked(arrays, [int(s) for s in steps], origin)
     if (step is None or stack_first) and arrays and all(len(r.shape) >= 3 for r in arrays.values()) \
             and len({r.shape[0] for r in arrays.values()}) == 1:
-        return _stacked(arrays, list(range(next(iter(arrays.values())).shape[0])), origin)
+        count = next(iter(arrays.values())).shape[0]
+        _check_count(origin, count * len(arrays), f"{count} steps")
+        if all(not math.prod(r.shape[1:]) for r in arrays.values()):
+            # No data bounds the step count of a header-only stack: refuse it before making any step.
+            name, ref = next(iter(arrays.items()))
+            msg = (f"{origin}: layer {name!r} is a stack of {count} empty snapshots (shape {ref.shape}): "
+                   "every step must hold at least one value")
+            raise SnapshotFormatError(msg)
+        return _stacked(arrays, range(count), origin)
+    _check_count(origin, len(arrays), "arrays")
     return [Snapshot(name, step or 0, f"{origin}[{name}]", ref.read) for name, ref in arrays.items()]
 
 
-def _stacked(arrays: Mapping[str, _Ref], steps: list[int], origin: str) -> list[Snapshot]:
+def _stacked(arrays: Mapping[str, _Ref], steps: Sequence[int], origin: str) -> list[Snapshot]:
     if not steps:
         shapes = ", ".join(f"{name} {ref.shape}" for name, ref in arrays.items())
         msg = f"{origin}: expected a stack of at least one snapshot along axis 0; got none ({shapes})"
@@ -280,8 +576,17 @@ def _stacked(arrays: Mapping[str, _Ref], steps: list[int], origin: str) -> list[
     return out
 
 
-def _take(read: Loader, index: int) -> np.ndarray:
-    return np.asarray(read()[index])
+def _take(read: Loader, index: int) -> np.ndarray | LazyArray:
+    arr = read()
+    return arr[index] if isinstance(arr, LazyArray) else np.asarray(arr[index])
+
+
+def _check_count(origin: str, count: int, what: str) -> None:
+    """Refuse a header that declares more snapshots than a file may hold, before making any."""
+    if count > MAX_SNAPSHOTS_PER_FILE:
+        msg = (f"{origin}: declares {count:,} snapshots ({what}), more than the {MAX_SNAPSHOTS_PER_FILE:,} "
+               "one file may hold; refusing it")
+        raise SnapshotFormatError(msg)
 
 
 def _check_dtype(dtype: np.dtype[Any], where: str) -> None:
@@ -363,10 +668,40 @@ def _npz_refs(path: Path) -> dict[str, _Ref]:
             else:
                 with zf.open(info) as member:
                     version = np.lib.format.read_magic(member)
-                    shape, _, dtype = _read_npy_header(member, version)
+                    shape, fortran, dtype = _read_npy_header(member, version)
+                    data_at = member.tell()
                 _check_dtype(dtype, f"{path.name}[{key}]")
-                refs[key] = _Ref(shape, dtype, functools.partial(_npz_member, str(path), key))
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if info.file_size < data_at + nbytes:
+                    msg = f"{path.name}: array {key!r} is truncated ({info.file_size} of {data_at + nbytes} bytes)"
+                    raise SnapshotFormatError(msg)
+                if nbytes > _LAZY_BYTES:  # inflated band by band, never whole
+                    refs[key] = _Ref(shape, dtype, functools.partial(
+                        _npz_stream, str(path), info.filename, data_at, shape, dtype.str, fortran))
+                else:
+                    refs[key] = _Ref(shape, dtype, functools.partial(_npz_member, str(path), key))
     return refs
+
+
+@functools.lru_cache(maxsize=2)
+def _npz_stream(path: str, member: str, data_at: int, shape: tuple[int, ...], dtype: str,
+                fortran: bool) -> LazyArray:
+    # Cached so that the steps of a stack share one stream, read forward step after step.
+    raw = _ZipMemberRaw(Path(path), member, data_at, np.dtype(dtype))
+    return LazyArray(raw, shape, _element_strides(shape, fortran), 0, np.dtype(dtype), _same,
+                     f"{Path(path).name}[{member[:-len('.npy')]}]")
+
+
+def _element_strides(shape: tuple[int, ...], fortran: bool) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in (shape if fortran else shape[::-1]):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(strides) if fortran else tuple(strides[::-1])
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 def _npz_memmap(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any],
@@ -436,13 +771,23 @@ def _safetensors_refs(path: Path) -> dict[str, _Ref]:
     return refs
 
 
-def _st_read(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any], bf16: bool) -> np.ndarray:
+def _st_read(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any],
+             bf16: bool) -> np.ndarray | LazyArray:
     if not int(np.prod(shape)):
         return np.empty(shape, np.float32 if bf16 else dtype)
     arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    if bf16:  # bfloat16 is the top half of a float32
-        return (arr.astype(np.uint32) << 16).view(np.float32)
+    if bf16 and arr.size * 4 > _LAZY_BYTES:  # converted band by band, never whole
+        flat = arr.reshape(-1)
+        return LazyArray(_MappedRaw(flat, functools.partial(release_pages, flat)), shape,
+                         _element_strides(shape, False), 0, np.dtype(np.float32), _bf16_to_f32, path.name)
+    if bf16:
+        return _bf16_to_f32(arr)
     return arr
+
+
+def _bf16_to_f32(a: np.ndarray) -> np.ndarray:
+    # bfloat16 is the top half of a float32
+    return (a.astype(np.uint32) << 16).view(np.float32)
 
 
 # ----------------------------------------------------------------------------- torch
@@ -509,11 +854,42 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type) -> N
             _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, tensor_type)
 
 
-def _torch_tensor(path: Path, key: str) -> np.ndarray:
+def _torch_tensor(path: Path, key: str) -> np.ndarray | LazyArray:
     t = _torch_state(path)[key].detach()
+    if t.numel() * t.element_size() > _LAZY_BYTES or (t.is_floating_point() and t.numel() * 4 > _LAZY_BYTES):
+        lazy = _torch_lazy(t, mapped=zipfile.is_zipfile(path), where=f"{path.name}[{key}]")
+        if lazy is not None:
+            return lazy
     if t.is_complex():
         return np.asarray(t.numpy())
     return np.asarray(t.float().numpy() if t.is_floating_point() else t.numpy())
+
+
+def _torch_lazy(t: Any, *, mapped: bool, where: str) -> LazyArray | None:
+    """A large tensor read in bands, straight from its storage (a file mapping for zip-format files)."""
+    import torch
+
+    storage = t.untyped_storage()
+    flat_t = torch.empty(0, dtype=t.dtype).set_(storage)
+    try:
+        if t.dtype == torch.bfloat16:
+            flat, convert = flat_t.view(torch.int16).numpy().view(np.uint16), _bf16_to_f32
+        else:
+            flat, convert = flat_t.numpy(), _same
+            if t.is_floating_point():
+                convert = _to_f32
+    except (TypeError, RuntimeError):  # a dtype numpy cannot hold: read the usual way
+        return None
+    dtype = np.dtype(np.float32) if t.is_floating_point() else flat.dtype
+    # Pages of torch's read-only private file mapping can be dropped and are re-read from
+    # the file; memory of a legacy (non-zip) file is the heap and must be left alone.
+    drop = functools.partial(_drop_private_pages, flat.ctypes.data, flat.nbytes) if mapped else None
+    return LazyArray(_MappedRaw(flat, drop, keep=storage), tuple(t.shape), tuple(t.stride()),
+                     int(t.storage_offset()), dtype, convert, where)
+
+
+def _to_f32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- pickle
@@ -527,6 +903,8 @@ def _read_pickle(path: Path, *, allow_pickle: bool, layer: str, origin: str) -> 
     with path.open("rb") as fh:
         obj = pickle.load(fh)  # the user opted in with allow_pickle
     if isinstance(obj, np.ndarray) and obj.dtype != object:
+        if obj.ndim >= 3:
+            _check_count(origin, obj.shape[0], f"shape {obj.shape}")
         obj = list(obj) if obj.ndim >= 3 else [obj]
     if isinstance(obj, Mapping):
         items = [(str(k), v) for k, v in obj.items()]
@@ -536,6 +914,7 @@ def _read_pickle(path: Path, *, allow_pickle: bool, layer: str, origin: str) -> 
         msg = f"{origin}: expected a pickled list of 2-D arrays; got {type(obj).__name__}"
         raise SnapshotFormatError(msg)
     snaps = []
+    _check_count(origin, sum(len(seq) if isinstance(seq, (list, tuple)) else 1 for _, seq in items), "entries")
     for name, seq in items:
         frames = list(seq) if isinstance(seq, (list, tuple)) else [seq]
         for i, frame in enumerate(frames):

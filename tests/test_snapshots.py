@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -245,3 +247,194 @@ def test_nothing_there_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SnapshotsNotFoundError, match=r"no weight snapshots found in .*empty \(expected"):
         read_snapshots(tmp_path / "empty")
+
+
+# ------------------------------------------------------------- issue 14: bombs, layouts, odd files
+
+
+def npy_header_only(path: Path, shape: tuple[int, ...], dtype: str = "<f4") -> None:
+    """A .npy whose header declares ``shape`` and that holds no data (a zero-size shape needs none)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    path.write_bytes(buf.getvalue())
+
+
+def refused_quickly(path: Path, match: str, **kwargs: bool) -> None:
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(SnapshotFormatError, match=match):
+            read_snapshots(path, **kwargs)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5, f"{elapsed:.2f} s to refuse {path.name}"
+    assert peak < 5_000_000, f"{peak} bytes allocated to refuse {path.name}"
+
+
+def test_a_header_declaring_millions_of_steps_is_refused_before_any_per_step_work(tmp_path: Path) -> None:
+    npy_header_only(tmp_path / "many.npy", (3_500_000, 0, 2))
+    assert (tmp_path / "many.npy").stat().st_size == 128
+    refused_quickly(tmp_path / "many.npy", r"declares 3,500,000 snapshots .* more than the 1,000,000")
+
+
+def test_a_stack_of_empty_steps_is_refused_at_once(tmp_path: Path) -> None:
+    npy_header_only(tmp_path / "hollow.npy", (600_000, 2, 0))  # under the cap, but nothing to draw
+    refused_quickly(tmp_path / "hollow.npy", r"layer 'hollow' is a stack of 600000 empty snapshots \(shape "
+                                              r"\(600000, 2, 0\)\)")
+    np.save(tmp_path / "small.npy", np.zeros((4, 0, 3), np.float32))
+    with pytest.raises(SnapshotFormatError, match="stack of 4 empty snapshots"):
+        read_snapshots(tmp_path / "small.npy")
+
+
+def test_header_bombs_in_other_formats_are_refused_too(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (2_200_000, 0, 4)})
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(tmp_path / "bomb.npz", "w", compression) as zf:
+            zf.writestr("enc.npy", member.getvalue())
+        refused_quickly(tmp_path / "bomb.npz", "declares 2,200,000 snapshots")
+    header = json.dumps({"dec": {"dtype": "F32", "shape": [1_700_000, 0, 5], "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "bomb.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    refused_quickly(tmp_path / "bomb.safetensors", "declares 1,700,000 snapshots")
+    (tmp_path / "bomb.pkl").write_bytes(pickle.dumps(np.zeros((1_300_000, 0, 1))))
+    refused_quickly(tmp_path / "bomb.pkl", "declares 1,300,000 snapshots", allow_pickle=True)
+    # A chunk whose steps array is real data, but declares steps × layers beyond the cap.
+    steps = np.arange(400_000, dtype=np.int32)
+    np.savez(tmp_path / "chunk.npz", steps=steps, a=np.zeros((400_000, 1), np.int8), b=np.zeros((400_000, 1), np.int8),
+             c=np.zeros((400_000, 1), np.int8))
+    refused_quickly(tmp_path / "chunk.npz", r"declares 1,200,000 snapshots \(400000 steps\)")
+
+
+def test_a_file_with_absurdly_many_dimensions_is_one_clear_error(tmp_path: Path) -> None:
+    npy_header_only(tmp_path / "deep.npy", (1,) * 70 + (0,))
+    with pytest.raises(SnapshotFormatError, match="deep.npy"):
+        read_snapshots(tmp_path / "deep.npy")
+
+
+def test_only_regular_files_are_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    np.save(folder / "step_2.npy", np.ones((2, 3)))
+    os.mkfifo(folder / "step_5")  # named like a snapshot, no extension: opening it would block for ever
+    (folder / "step_7.npy").symlink_to(folder / "gone.npy")  # dangling
+    (folder / "loop_a.npz").symlink_to(folder / "loop_b.npz")
+    (folder / "loop_b.npz").symlink_to(folder / "loop_a.npz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        snaps = read_snapshots(folder)
+    assert [s.step for s in snaps] == [2]
+    texts = sorted(str(w.message) for w in caught if issubclass(w.category, WeightvizWarning))
+    assert texts == ["skipped loop_a.npz: a symbolic link loop", "skipped loop_b.npz: a symbolic link loop",
+                     "skipped step_5: a FIFO (named pipe), not a regular file",
+                     f"skipped step_7.npy: a broken symbolic link (to {folder / 'gone.npy'})"]
+    for name, fragment in [("step_5", "a FIFO (named pipe)"), ("step_7.npy", "a broken symbolic link"),
+                           ("loop_a.npz", "a symbolic link loop")]:
+        with pytest.raises(SnapshotFormatError, match=rf"{name}: {re.escape(fragment)}"):
+            read_snapshots(folder / name)
+
+
+# Every layout gives the same pixels as the same values in a C-order .npy: pooled in bands
+# (tiny bands here, so every path runs in many pieces), blocks reduced in the same order.
+
+
+def write_layouts(folder: Path, a: np.ndarray) -> dict[str, Path]:
+    import torch
+
+    folder.mkdir()
+    paths = {"c.npy": a, "fortran.npy": np.asfortranarray(a)}
+    out = {}
+    for name, arr in paths.items():
+        np.save(folder / name, arr)
+        out[name] = folder / name
+    np.savez_compressed(folder / "deflated.npz", w=a)
+    np.savez_compressed(folder / "deflated_f.npz", w=np.asfortranarray(a))
+    np.savez(folder / "stored_f.npz", w=np.asfortranarray(a))
+    bf16 = (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    (folder / "bf16.safetensors").write_bytes(_bf16_safetensors(bf16))
+    torch.save({"w": torch.from_numpy(a.astype(np.float32))}, folder / "f32.pt")
+    reverse = tuple(range(a.ndim))[::-1]  # a tensor saved with Fortran-order strides
+    torch.save({"w": torch.from_numpy(np.ascontiguousarray(a.T)).permute(reverse)}, folder / "strided.pt")
+    torch.save({"w": torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)}, folder / "bf16.pt")
+    for name in ("deflated.npz", "deflated_f.npz", "stored_f.npz", "bf16.safetensors", "f32.pt", "strided.pt",
+                 "bf16.pt"):
+        out[name] = folder / name
+    return out
+
+
+def _bf16_safetensors(bits: np.ndarray) -> bytes:
+    header = json.dumps({"w": {"dtype": "BF16", "shape": list(bits.shape), "data_offsets": [0, bits.nbytes]}})
+    raw = header.encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + bits.astype("<u2").tobytes()
+
+
+@pytest.mark.parametrize("shape", [(61, 47), (9, 23, 14), (3, 5, 4, 6)])
+def test_every_layout_pools_exactly_like_c_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 shape: tuple[int, ...]) -> None:
+    from mlflow_weightviz import grid, snapshots
+    from mlflow_weightviz.grid import finite_range, to_grid
+    from mlflow_weightviz.options import Pool
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(len(shape))
+    a = rng.normal(size=shape).astype(np.float32)
+    a[rng.random(shape) < 0.05] = np.nan
+    monkeypatch.setattr(snapshots, "_LAZY_BYTES", 0)  # every convertible array becomes a LazyArray
+    monkeypatch.setattr(grid, "_BAND_BYTES", 512)  # bands and pieces of a few values
+    bf16_values = ((a.view(np.uint32) >> 16).astype(np.uint32) << 16).view(np.float32)
+    rounded_bf16 = torch.from_numpy(a).to(torch.bfloat16).float().numpy()  # torch rounds to nearest
+    for name, path in write_layouts(tmp_path / "files", a).items():
+        snaps = read_snapshots(path)
+        expected = {"bf16.safetensors": bf16_values, "bf16.pt": rounded_bf16}.get(name, a)
+        lazy = name.endswith((".safetensors", ".pt")) or name.startswith("deflated")
+        for snap in snaps:
+            arr = snap.open()
+            assert isinstance(arr, snapshots.LazyArray) == lazy, name
+            frame = expected[snap.step] if len(snaps) > 1 else expected
+            np.testing.assert_array_equal(snap.load(), frame, err_msg=name)
+            assert finite_range(arr) == (np.nanmin(frame), np.nanmax(frame)), name
+            for pool in Pool:
+                got, _ = to_grid(arr, max_rows=4, max_cols=5, pool=pool)
+                monkeypatch.setattr(grid, "_BAND_BYTES", 1 << 30)
+                want, _ = to_grid(np.ascontiguousarray(frame), max_rows=4, max_cols=5, pool=pool)
+                monkeypatch.setattr(grid, "_BAND_BYTES", 512)
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} {pool}")
+
+
+def test_a_stack_in_a_deflated_member_is_streamed_forward_step_after_step(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz import snapshots
+
+    monkeypatch.setattr(snapshots, "_LAZY_BYTES", 0)
+    stack = np.random.default_rng(3).normal(size=(6, 7, 9))
+    np.savez_compressed(tmp_path / "chunk.npz", steps=np.arange(6) * 10, fc=stack)
+    (fc,) = group_layers(read_snapshots(tmp_path / "chunk.npz")).values()
+    assert [s.step for s in fc] == [0, 10, 20, 30, 40, 50]
+    for i, snap in enumerate(fc):
+        np.testing.assert_array_equal(snap.load(), stack[i])
+    np.testing.assert_array_equal(fc[1].load(), stack[1])  # going back re-inflates from the start
+
+
+def test_a_corrupt_deflated_stream_read_in_bands_is_one_clear_error(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz import snapshots
+    from mlflow_weightviz.grid import to_grid
+
+    monkeypatch.setattr(snapshots, "_LAZY_BYTES", 0)
+    np.savez_compressed(tmp_path / "bad.npz", w=np.random.default_rng(0).normal(size=(80, 90)))
+    data = bytearray((tmp_path / "bad.npz").read_bytes())
+    data[3000:3100] = b"\x00" * 100
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    (snap,) = read_snapshots(tmp_path / "bad.npz")
+    with pytest.raises(SnapshotFormatError, match=r"cannot read bad.npz\[w\]"):
+        to_grid(snap.open(), max_rows=8, max_cols=8)
