@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mlflow_weightviz as wv
-from mlflow_weightviz.claims import TAG_CLAIM, ClaimLostError, claim_run, parse_claim
+from mlflow_weightviz.automation.claims import TAG_CLAIM, ClaimLostError, claim_run, parse_claim
 from tests.conftest import MlflowServer
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
