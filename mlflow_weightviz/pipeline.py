@@ -59,7 +59,7 @@ class LayerResult:
 class RenderResult:
     """The outcome of a render: ``rendered``, or ``up_to_date`` when nothing had changed.
 
-    ``claimed`` means another renderer holds the run's claim (see ``claims.py``) and
+    ``claimed`` means another renderer holds the run's claim (see ``automation/claims.py``) and
     nothing was done here; ``claimed_by`` says who.
     """
 
@@ -133,7 +133,7 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
         # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
         local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress)
         return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest)
-    # One renderer per run at a time (see claims.py); local-only renders need no claim.
+    # One renderer per run at a time (see automation/claims.py); local-only renders need no claim.
     with claims.claim_run(client, run_id, enabled=log) as claim:
         if log and not force and claim.tags.get(TAG_FINGERPRINT) == digest:
             return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)  # done while we claimed
