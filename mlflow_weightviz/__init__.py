@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlflow_weightviz.capture.lightning import LightningCallback
     from mlflow_weightviz.encoders import GifEncoder, frames_to_gif
     from mlflow_weightviz.errors import (
+        ClaimLostError,
         MissingDependencyError,
         OutputError,
         PickleNotAllowedError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchReport",
+    "ClaimLostError",
     "Format",
     "GifEncoder",
     "HeatmapRenderer",
@@ -122,9 +124,9 @@ _LOCATIONS = {
     "read_snapshots": "snapshots",
 }
 _LOCATIONS.update(dict.fromkeys(
-    ["MissingDependencyError", "OutputError", "PickleNotAllowedError", "RunNotFoundError", "ShapeMismatchError",
-     "SnapshotError", "SnapshotFormatError", "SnapshotsNotFoundError", "TrackingServerError", "UsageError",
-     "WeightvizError"], "errors"))
+    ["ClaimLostError", "MissingDependencyError", "OutputError", "PickleNotAllowedError", "RunNotFoundError",
+     "ShapeMismatchError", "SnapshotError", "SnapshotFormatError", "SnapshotsNotFoundError", "TrackingServerError",
+     "UsageError", "WeightvizError"], "errors"))
 
 
 def __getattr__(name: str) -> Any:

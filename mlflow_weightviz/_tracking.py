@@ -36,6 +36,8 @@ _CONNECTION_MARKERS = ("Max retries exceeded", "Connection refused", "Connection
 
 # urllib3's words when the server answered, but only with errors, until the retries ran out.
 _SERVER_ERRORS = re.compile(r"too many (\d{3}) error responses")
+# One file's failure inside ArtifactRepository.download_artifacts' summary message.
+_FILE_FAILURE = re.compile(r"##### File .*? #####\n(.*)", re.DOTALL)
 
 
 def client(tracking_uri: str | None = None) -> MlflowClient:
@@ -64,13 +66,11 @@ def is_connection_error(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def translate(action: str, *, writing: bool = False) -> Iterator[None]:
     """Turn MLflow and HTTP failures during ``action`` into this package's errors."""
-    from mlflow.exceptions import MlflowException
-
     try:
         yield
     except WeightvizError:
         raise
-    except (MlflowException, OSError, Exception) as exc:
+    except Exception as exc:  # MLflow, HTTP and OS errors alike; anything unknown is re-raised as is
         error = _classify(exc, action, writing)
         if error is None:
             raise
@@ -151,9 +151,11 @@ def list_files(c: MlflowClient, run_id: str, path: str) -> list[tuple[str, int]]
 def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path, *, action: str) -> None:
     """Download the run's artifact files ``paths`` into ``dst``, keeping their relative paths.
 
-    Uses the run's artifact repository (any store MLflow supports), a few files at a
-    time. The first failure cancels the downloads not yet started, so an unreachable
-    server fails after one round of retries instead of one round per file.
+    Uses the run's artifact repository (any store MLflow supports) through its public
+    ``download_artifacts``, one call per file and a few files at a time. The first
+    failure cancels the downloads not yet started, so an unreachable server fails after
+    one round of retries instead of one round per file (one ``download_artifacts`` call
+    for the whole folder would try every file).
 
     Raises:
         TrackingServerError: The server or the artifact store cannot be reached.
@@ -180,9 +182,8 @@ def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path
         workers = max(1, min(len(jobs), int(getattr(repo, "max_workers", 4) or 4)))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="weightviz-download")
         try:
-            # _download_file(remote, local) is the per-file hook every MLflow artifact
-            # repository implements; download_artifacts() would retry every file after a failure.
-            futures = [pool.submit(repo._download_file, path, os.fspath(local)) for path, local in jobs]
+            # A file's path is kept below dst_path: artifact "a/b.npz" lands in root/a/b.npz.
+            futures = [pool.submit(repo.download_artifacts, path, os.fspath(root)) for path, _ in jobs]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for future, (path, _) in zip(futures, jobs, strict=True):
                 error = future.exception() if future in done else None
@@ -195,9 +196,19 @@ def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path
 def _raise_download_error(error: BaseException, action: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
-        # MLflow's own path checks refuse some names it accepted on upload (e.g. "%2e%2e").
-        msg = f"{action}: MLflow refuses to download this artifact path ({_short(str(error.message))})"
-        raise SnapshotFormatError(msg) from error
+    if isinstance(error, MlflowException):
+        # download_artifacts reports "The following failures occurred ...: ##### File <path> #####
+        # <error>"; the error itself is what the user needs to read.
+        inner = _FILE_FAILURE.search(str(error.message))
+        if inner is not None:
+            from mlflow.protos.databricks_pb2 import ErrorCode
+
+            unwrapped = MlflowException(inner.group(1).strip(), error_code=ErrorCode.Value(error.error_code))
+            unwrapped.__cause__ = error
+            error = unwrapped
+        if error.error_code == "INVALID_PARAMETER_VALUE":
+            # MLflow's own path checks refuse some names it accepted on upload (e.g. "%2e%2e").
+            msg = f"{action}: MLflow refuses to download this artifact path ({_short(str(error.message))})"
+            raise SnapshotFormatError(msg) from error
     with translate(action):
         raise error

@@ -20,8 +20,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mlflow_weightviz import __version__
-from mlflow_weightviz.errors import WeightvizError
+from mlflow_weightviz.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, WeightvizError
 from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, Format, Pool, RenderOptions, Scale, View
+from mlflow_weightviz.tags import Status
 
 app = typer.Typer(
     name="mlflow-weightviz",
@@ -138,17 +139,23 @@ def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @contextlib.contextmanager
 def _errors(debug: bool) -> Iterator[None]:
-    """The CLI's one error handler: one line on stderr and the error's exit code."""
+    """The CLI's one error handler: one line on stderr and the error's exit code.
+
+    Exit codes: each :class:`~mlflow_weightviz.errors.WeightvizError` has its own (2-8, see
+    :mod:`mlflow_weightviz.errors`); 1 is left to ``batch`` and ``watch`` for "some runs
+    failed"; an unexpected exception is :data:`~mlflow_weightviz.errors.EXIT_CRASH` (70);
+    Ctrl-C is 130. The environment variables and the mlflow logger level set here for
+    the command are put back when it ends (the CLI may be called in-process).
+    """
     from mlflow_weightviz._tracking import HTTP_DEFAULTS
 
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    # MLflow's own download bars and INFO lines would drown the one-line reports.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # mlflow sets its logger's level from this when it is imported (later, lazily).
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
+    with _command_environment({
+        **HTTP_DEFAULTS,
+        # MLflow's own download bars and INFO lines would drown the one-line reports.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # mlflow sets its logger's level from this when it is imported (later, lazily).
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+    }), warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         try:
@@ -162,11 +169,28 @@ def _errors(debug: bool) -> Iterator[None]:
         except KeyboardInterrupt:
             if debug:
                 raise
-            _fail("interrupted", 130)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:
             if debug:
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)", 1)
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)", EXIT_CRASH)
+
+
+@contextlib.contextmanager
+def _command_environment(defaults: dict[str, str]) -> Iterator[None]:
+    """Set ``defaults`` where the user has not, and quiet mlflow's logger, until the command ends."""
+    added = [key for key in defaults if key not in os.environ]
+    for key in added:
+        os.environ[key] = defaults[key]
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        logger.setLevel(level)
 
 
 def _one_line(text: str) -> str:
@@ -203,12 +227,12 @@ def _progress(quiet: bool, description: str) -> Iterator[Callable[[int, int], No
 
 
 def _report(result: Any) -> None:
-    if result.status == "up_to_date":
+    if result.status == Status.UP_TO_DATE:
         typer.echo(f"run {result.run_id} is up to date: its GIFs match these snapshots and options "
                    "(--force renders again)")
         if not result.layers:  # local copies, when asked for, are listed below
             return
-    elif result.status == "claimed":
+    elif result.status == Status.CLAIMED:
         typer.echo(f"run {result.run_id} is being rendered by another process "
                    f"({result.claimed_by or 'claim tag weightviz.claim'}); nothing done here")
         return
@@ -305,9 +329,11 @@ RunFilter = Annotated[Optional[str], typer.Option(
     "--filter", help="MLflow search filter, e.g. \"params.model = 'mlp' and tags.team = 'vision'\".")]
 ArtifactPath = Annotated[str, typer.Option(help="Where the GIFs go in each run.")]
 
-_LABELS = {"rendered": "rendered", "would_render": "would render", "up_to_date": "up to date",
-           "no_snapshots": "no snapshots", "running": "running (skipped)", "claimed": "being rendered elsewhere",
-           "failed": "failed", "abandoned": "abandoned", "cancelled": "cancelled (interrupted)"}
+_LABELS: dict[str, str] = {
+    Status.RENDERED: "rendered", Status.WOULD_RENDER: "would render", Status.UP_TO_DATE: "up to date",
+    Status.NO_SNAPSHOTS: "no snapshots", Status.RUNNING: "running (skipped)",
+    Status.CLAIMED: "being rendered elsewhere", Status.FAILED: "failed", Status.ABANDONED: "abandoned",
+    Status.CANCELLED: "cancelled (interrupted)"}
 
 
 def _counts_line(counts: dict[str, int]) -> str:
@@ -372,7 +398,8 @@ def batch(
         summary = Table(title=None if dry_run else title)
         summary.add_column("result")
         summary.add_column("runs", justify="right")
-        always = {"up_to_date", "no_snapshots", "running", "failed", "would_render" if dry_run else "rendered"}
+        always = {Status.UP_TO_DATE, Status.NO_SNAPSHOTS, Status.RUNNING, Status.FAILED,
+                  Status.WOULD_RENDER if dry_run else Status.RENDERED}
         for status, n in report.counts().items():
             if n or status in always:
                 summary.add_row(_LABELS.get(status, status), str(n))
@@ -388,9 +415,9 @@ def batch(
         typer.echo(f"{'dry run' if dry_run else 'batch'}: {_counts_line(report.counts())}")
         if report.interrupted:
             _fail(f"interrupted by {getattr(stop, 'signal_name', None) or 'a signal'}; runs in progress finished, "
-                  "the rest were not started", 130)
+                  "the rest were not started", EXIT_INTERRUPTED)
         if report.failed:
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_RUNS_FAILED)
 
 
 @app.command()
@@ -422,10 +449,10 @@ def watch(
 
         def finished(o: RunOutcome) -> None:
             _warn_outcomes([o])
-            if o.status == "rendered":
+            if o.status == Status.RENDERED:
                 typer.echo(f"rendered {o.run_id} ({o.run_name}): {o.layers} GIFs, {o.frames} frames, "
                            f"{o.seconds:.1f} s")
-            elif o.status in {"failed", "claimed", "abandoned"}:
+            elif o.status in {Status.FAILED, Status.CLAIMED, Status.ABANDONED}:
                 typer.echo(f"{_LABELS[o.status]} {o.run_id} ({o.run_name}): {o.reason}")
 
         def error(message: str) -> None:
@@ -448,7 +475,7 @@ def watch(
         how = f"stopped by {report.stopped_by}" if report.stopped_by else "done"
         sys.stderr.write(f"watch {how} after {report.polls} poll(s): {_counts_line(report.counts())}\n")
         if report.failed:
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_RUNS_FAILED)
 
 
 @app.command()

@@ -1,23 +1,38 @@
-"""The project's own exceptions, each knowing the CLI exit code it maps to.
+"""The project's own exceptions, each knowing its CLI exit code and whether a retry may help.
 
 ::
 
-    WeightvizError
-    ├── UsageError (ValueError)             exit 2  bad option combination or value
-    ├── SnapshotError (ValueError)          exit 3  the data cannot be rendered
-    │   ├── SnapshotsNotFoundError                  nothing at --source
-    │   ├── SnapshotFormatError                     a file cannot be read safely
-    │   ├── PickleNotAllowedError                   a pickle without --allow-pickle
-    │   └── ShapeMismatchError                      a layer changes shape over time
-    ├── RunNotFoundError (LookupError)      exit 4  unknown run or experiment
-    ├── TrackingServerError (ConnectionError) exit 5  the tracking server cannot be reached
-    ├── OutputError (OSError)               exit 6  a result could not be written or logged
-    └── MissingDependencyError (ImportError) exit 7 an optional package is not installed
+    WeightvizError                                     retryable  (base class, never raised itself)
+    ├── UsageError (ValueError)               exit 2   no         bad option combination or value
+    ├── SnapshotError (ValueError)            exit 3   no         the data cannot be rendered
+    │   ├── SnapshotsNotFoundError                                nothing at --source
+    │   ├── SnapshotFormatError                                   a file cannot be read safely
+    │   ├── PickleNotAllowedError                                 a pickle without --allow-pickle
+    │   └── ShapeMismatchError                                    a layer changes shape over time
+    ├── RunNotFoundError (LookupError)        exit 4   no         unknown run or experiment
+    ├── TrackingServerError (ConnectionError) exit 5   yes        the tracking server cannot be reached
+    ├── OutputError (OSError)                 exit 6   yes        a result could not be written or logged
+    ├── MissingDependencyError (ImportError)  exit 7   yes        an optional package is not installed
+    └── ClaimLostError                        exit 8   yes        another renderer took the run over
+                                                                  (render_run reports the run as claimed)
+
+Other exit codes of the command line: 0 success; :data:`EXIT_RUNS_FAILED` (1) ``batch`` or
+``watch`` finished but some runs failed; :data:`EXIT_CRASH` (70, ``EX_SOFTWARE``) an
+unexpected exception, a bug (``--debug`` shows the traceback); :data:`EXIT_INTERRUPTED`
+(130) stopped by Ctrl-C or SIGTERM.
+
+``retryable`` says whether the same call may succeed later without anyone changing the
+input or the options: ``watch`` tries a failed run again at its next polls only then. A
+missing package counts as retryable because it can be installed while a watcher runs.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CRASH",
+    "EXIT_INTERRUPTED",
+    "EXIT_RUNS_FAILED",
+    "ClaimLostError",
     "MissingDependencyError",
     "OutputError",
     "PickleNotAllowedError",
@@ -32,22 +47,39 @@ __all__ = [
 ]
 
 
+#: ``batch`` / ``watch``: the command ran to its end but at least one run failed.
+EXIT_RUNS_FAILED = 1
+#: An unexpected exception (a bug, not a problem of the input): ``EX_SOFTWARE`` of sysexits.h.
+EXIT_CRASH = 70
+#: Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
 class WeightvizError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    Attributes:
+        exit_code: The command line's exit code for this error.
+        retryable: Whether trying the same thing again later may succeed (the cause is
+            outside the input and options, e.g. a server that is down).
+    """
 
     exit_code: int = 1
+    retryable: bool = True
 
 
 class UsageError(WeightvizError, ValueError):
     """An option has a bad value, or options that do not go together were given."""
 
     exit_code = 2
+    retryable = False
 
 
 class SnapshotError(WeightvizError, ValueError):
     """The snapshots cannot be turned into frames."""
 
     exit_code = 3
+    retryable = False
 
 
 class SnapshotsNotFoundError(SnapshotError):
@@ -70,21 +102,34 @@ class RunNotFoundError(WeightvizError, LookupError):
     """The MLflow run or experiment does not exist."""
 
     exit_code = 4
+    retryable = False
 
 
 class TrackingServerError(WeightvizError, ConnectionError):
     """The MLflow tracking server or artifact store could not be reached."""
 
     exit_code = 5
+    retryable = True
 
 
 class OutputError(WeightvizError, OSError):
     """A result could not be written locally or logged to the run."""
 
     exit_code = 6
+    retryable = True
 
 
 class MissingDependencyError(WeightvizError, ImportError):
     """An optional dependency is needed for this input or feature."""
 
     exit_code = 7
+
+
+class ClaimLostError(WeightvizError):
+    """Our claim on a run was overwritten by another renderer before we published.
+
+    The render is abandoned without logging anything; the run is left to the new owner,
+    and :func:`~mlflow_weightviz.pipeline.render_run` returns ``status="claimed"``.
+    """
+
+    exit_code = 8

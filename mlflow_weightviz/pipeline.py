@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_weightviz import __version__, _tracking, claims, outputs
+from mlflow_weightviz import __version__, _tracking, outputs
+from mlflow_weightviz.automation import claims
 from mlflow_weightviz.encoders import (
     Animation,
     Frame,
@@ -32,23 +33,20 @@ from mlflow_weightviz.encoders import (
     build_palette,
     saving,
 )
-from mlflow_weightviz.errors import UsageError
+from mlflow_weightviz.errors import ClaimLostError, UsageError
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.parallel import build_renderer
-from mlflow_weightviz.sinks import LocalSink, RunSink, unique_names
+from mlflow_weightviz.sinks import LocalSink, RunSink, Sink, unique_names
 from mlflow_weightviz.snapshots import Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
+from mlflow_weightviz.tags import TAG_FINGERPRINT, TAG_PREFIX, Status, fingerprint
 
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
 
 __all__ = ["LayerResult", "LayerSummary", "RenderResult", "draw_layer", "inspect_file", "inspect_run", "render_file",
            "render_layers", "render_run", "write_frames"]
-
-#: Run tags written after a render; ``weightviz.fingerprint`` makes re-renders idempotent.
-TAG_PREFIX = "weightviz."
-TAG_FINGERPRINT = TAG_PREFIX + "fingerprint"
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -75,11 +73,11 @@ class LayerResult:
 class RenderResult:
     """The outcome of a render: ``rendered``, or ``up_to_date`` when nothing had changed.
 
-    ``claimed`` means another renderer holds the run's claim (see ``claims.py``) and
+    ``claimed`` means another renderer holds the run's claim (see ``automation/claims.py``) and
     nothing was done here; ``claimed_by`` says who.
     """
 
-    status: str
+    status: Status
     layers: tuple[LayerResult, ...] = ()
     run_id: str | None = None
     fingerprint: str | None = None
@@ -145,31 +143,32 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     client = _tracking.client(tracking_uri)
     run = _tracking.get_run(client, run_id)
     src = RunSource(client, run.info.run_id, source)
-    fingerprint = _fingerprint(src, options, source=source, artifact_path=artifact_path)
-    if log and not force and run.data.tags.get(TAG_FINGERPRINT) == fingerprint:
+    digest = fingerprint(src, options, source=source, artifact_path=artifact_path)
+    if log and not force and run.data.tags.get(TAG_FINGERPRINT) == digest:
         if out is None and output_dir is None:
-            return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)
+            return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)
         # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
         local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, workers=workers,
                                allow_pickle=allow_pickle)
-        return RenderResult("up_to_date", local.layers, run_id, fingerprint)
-    # One renderer per run at a time (see claims.py); local-only renders need no claim.
+        return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest)
+    # One renderer per run at a time (see automation/claims.py); local-only renders need no claim.
     with claims.claim_run(client, run_id, enabled=log) as claim:
-        if log and not force and claim.tags.get(TAG_FINGERPRINT) == fingerprint:
-            return RenderResult("up_to_date", run_id=run_id, fingerprint=fingerprint)  # done while we claimed
+        if log and not force and claim.tags.get(TAG_FINGERPRINT) == digest:
+            return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)  # done while we claimed
         if not claim.held:
-            return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint,
+            return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest,
                                 claimed_by=claim.holder.describe() if claim.holder else None)
-        sink = claim.guard(RunSink(client, run_id, artifact_path)) if log else None
+        sink = RunSink(client, run_id, artifact_path) if log else None
         metric = options.outputs.caption_metric
         caption = src.metric_history(metric).caption if metric else None
         try:
             result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
-                                    tags_base={"source": source, "fingerprint": fingerprint}, caption=caption,
+                                    publish=claim.guard(sink) if sink is not None else None,
+                                    tags_base={"source": source, "fingerprint": digest}, caption=caption,
                                     workers=workers, allow_pickle=allow_pickle)
-        except claims.ClaimLostError as lost:
-            return RenderResult("claimed", run_id=run_id, fingerprint=fingerprint, claimed_by=str(lost))
-    return RenderResult("rendered", result.layers, run_id, fingerprint, result.artifact_paths)
+        except ClaimLostError as lost:
+            return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest, claimed_by=str(lost))
+    return RenderResult(Status.RENDERED, result.layers, run_id, digest, result.artifact_paths)
 
 
 def render_file(path: str | os.PathLike[str], options: RenderOptions | None = None, *,
@@ -225,17 +224,10 @@ def _check_outputs(*, log: bool, out: object, output_dir: object) -> None:
         raise UsageError(msg)
 
 
-def _fingerprint(src: SnapshotSource, options: RenderOptions, **where: str) -> str:
-    import hashlib
-
-    payload = {"files": src.fingerprint(), "options": options.fingerprint_fields(), **where}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
 def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os.PathLike[str] | None,
                    output_dir: str | os.PathLike[str] | None,
                    progress: ProgressCallback | None, run_sink: RunSink | None = None,
-                   tags_base: Mapping[str, str] | None = None,
+                   publish: Sink | None = None, tags_base: Mapping[str, str] | None = None,
                    caption: Callable[[int], str] | None = None, workers: int = 1,
                    allow_pickle: bool = False) -> RenderResult:
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
@@ -265,17 +257,20 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                 TAG_PREFIX + "frames": str(sum(r.frames for r in results)),
                 TAG_PREFIX + "artifact_path": run_sink.artifact_path,
                 TAG_PREFIX + "version": __version__,
-                TAG_PREFIX + "status": "rendered",
+                TAG_PREFIX + "status": Status.RENDERED.value,
             })
             # Step images go after the claim check and the GIFs, before the final tags.
             step_images = functools.partial(_log_step_images, run_sink, step_writers) if step_writers else None
-            artifact_paths = run_sink.deliver(staging, tags, then=step_images)
+            # Everything in staging goes to the run, one file per format of each layer.
+            published = (publish or run_sink).deliver({p.name: p for p in staging.iterdir() if p.is_file()}, tags,
+                                                      then=step_images)
+            artifact_paths = sorted(str(a) for a in published.values())
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
                         artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,
                         local_path=local_paths.get(r.layer), files=r.files)
             for r in results)
-        return RenderResult("rendered", final, artifact_paths=tuple(artifact_paths))
+        return RenderResult(Status.RENDERED, final, artifact_paths=tuple(artifact_paths))
 
 
 def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,

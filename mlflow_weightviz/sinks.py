@@ -1,39 +1,39 @@
 """Where results go: back to the MLflow run, or to a local path.
 
-Results are first written completely into a private staging folder. A sink then
-publishes finished files only: a local copy is renamed into place, and a run gets its
-files with ``MlflowClient.log_artifacts``, which leaves a FINISHED run FINISHED.
+Results are first written completely into a private staging folder. A :class:`Sink`
+then publishes finished files only: a local copy is renamed into place
+(:class:`LocalSink`), and a run gets its files with ``MlflowClient.log_artifacts``, which
+leaves a FINISHED run FINISHED (:class:`RunSink`). Wrappers add checks around any sink,
+e.g. the claim guard of :mod:`mlflow_weightviz.automation.claims`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz._files import atomic_file
+from mlflow_weightviz.tags import PENDING_TAGS
 
 if TYPE_CHECKING:
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-__all__ = ["LocalSink", "RunSink", "image_key", "safe_name", "unique_names"]
+__all__ = ["PENDING_TAGS", "LocalSink", "RunSink", "Sink", "image_key", "safe_name", "unique_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
 _MAX_TAG = 5000  # MLflow allows 8000 characters in a tag value
-
-#: Tags set before any file is logged. If logging fails half way, the run may hold some
-#: new GIFs beside old ones, so it must not keep claiming the old fingerprint: a rerun
-#: then renders again instead of reporting "up to date".
-PENDING_TAGS = {"weightviz.status": "logging", "weightviz.fingerprint": ""}
 
 
 def safe_name(layer: str) -> str:
@@ -69,6 +69,25 @@ def unique_names(layers: Iterable[str]) -> dict[str, str]:
     return out
 
 
+class Sink(Protocol):
+    """Publishes finished files from a staging folder."""
+
+    def deliver(self, staged: Mapping[str, Path], tags: Mapping[str, str] | None = None,
+                then: Callable[[], object] | None = None) -> Mapping[str, str | Path]:
+        """Publish ``staged`` (key → finished file), run ``then``, then record ``tags``.
+
+        Args:
+            staged: The files to publish, by a key of the caller's choice (a layer, a file name).
+            tags: What was published, for sinks that can record it (a run's tags).
+            then: More publishing to do after the files and before the tags (e.g. step
+                images), so the tags are written last.
+
+        Returns:
+            key → where each file went.
+        """
+        ...
+
+
 @dataclass(frozen=True)
 class LocalSink:
     """Copies finished files to ``out`` (one file) or into ``output_dir``."""
@@ -76,8 +95,12 @@ class LocalSink:
     out: Path | None = None
     output_dir: Path | None = None
 
-    def deliver(self, staged: Mapping[str, Path]) -> dict[str, Path]:
-        """Publish the staged files; returns layer → local path."""
+    def deliver(self, staged: Mapping[str, Path], tags: Mapping[str, str] | None = None,
+                then: Callable[[], object] | None = None) -> dict[str, Path]:
+        """Publish the staged files and run ``then``; returns key → local path.
+
+        A local file has no tags, so ``tags`` is not recorded anywhere.
+        """
         written: dict[str, Path] = {}
         for layer, src in staged.items():
             if self.out is not None:
@@ -89,7 +112,32 @@ class LocalSink:
                 continue
             _copy_atomic(src, target)
             written[layer] = target
+        if then is not None:
+            then()
         return written
+
+
+@contextlib.contextmanager
+def _one_folder(files: Iterable[Path]) -> Iterator[Path]:
+    """A folder holding exactly ``files``: their own when it holds nothing else, else a linked copy."""
+    paths = list(files)
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        msg = f"two staged files share a name: {sorted(names)}"
+        raise ValueError(msg)
+    parents = {p.parent for p in paths}
+    if len(parents) == 1:
+        parent = parents.pop()
+        if sorted(names) == sorted(p.name for p in parent.iterdir() if p.is_file()):
+            yield parent
+            return
+    with tempfile.TemporaryDirectory(prefix="weightviz-publish-") as tmp:
+        for p in paths:
+            try:
+                os.link(p, Path(tmp) / p.name)
+            except OSError:  # another file system, or no hard links there
+                shutil.copyfile(p, Path(tmp) / p.name)
+        yield Path(tmp)
 
 
 def _copy_atomic(src: Path, target: Path) -> None:
@@ -105,23 +153,25 @@ class RunSink:
     run_id: str
     artifact_path: str = "weightviz"
 
-    def deliver(self, staged_dir: Path, tags: Mapping[str, str],
-                then: Callable[[], object] | None = None) -> list[str]:
-        """Log every file of ``staged_dir`` in one call, then set ``tags``; returns artifact paths.
+    def deliver(self, staged: Mapping[str, Path], tags: Mapping[str, str] | None = None,
+                then: Callable[[], object] | None = None) -> dict[str, str]:
+        """Log every staged file in one call, run ``then``, then set ``tags``; returns key → artifact path.
 
-        The run is marked as being logged to (:data:`PENDING_TAGS`) first, and ``tags``
-        (with the new fingerprint) are set only after every file is logged and ``then``
-        (more logging, such as step images) has run, so an interrupted delivery never
-        leaves the run looking up to date.
+        Files keep their names under ``artifact_path``. The run is marked as being logged
+        to (:data:`~mlflow_weightviz.tags.PENDING_TAGS`) first, and ``tags`` (with the new
+        fingerprint) are set only after every file is logged and ``then`` (more logging,
+        such as step images) has run, so an interrupted delivery never leaves the run
+        looking up to date.
         """
-        names = sorted(p.name for p in staged_dir.iterdir() if p.is_file())
         self.set_tags(PENDING_TAGS)
-        with _tracking.translate(f"logging results to run {self.run_id}", writing=True):
-            self.client.log_artifacts(self.run_id, os.fspath(staged_dir), self.artifact_path)
+        with _tracking.translate(f"logging results to run {self.run_id}", writing=True), \
+                _one_folder(staged.values()) as folder:
+            self.client.log_artifacts(self.run_id, os.fspath(folder), self.artifact_path)
         if then is not None:
             then()
-        self.set_tags(tags)
-        return [f"{self.artifact_path}/{n}" if self.artifact_path else n for n in names]
+        if tags:
+            self.set_tags(tags)
+        return {key: f"{self.artifact_path}/{p.name}" if self.artifact_path else p.name for key, p in staged.items()}
 
     def log_step_images(self, key: str, frames: Iterable[tuple[int, np.ndarray]]) -> int:
         """Log (step, RGB frame) pairs as MLflow step images under ``key``; returns how many.

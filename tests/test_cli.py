@@ -179,3 +179,52 @@ def test_console_script_and_python_m_agree() -> None:
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == f"mlflow-weightviz {__version__}"
     assert run_cli("--version").stdout == out.stdout
+
+
+def test_command_environment_is_restored_and_a_crash_is_exit_70(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import os
+
+    import typer
+
+    from mlflow_weightviz import cli
+    from mlflow_weightviz._tracking import HTTP_DEFAULTS
+
+    keys = [*HTTP_DEFAULTS, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL"]
+    for key in keys:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own value is kept
+    level = logging.getLogger("mlflow").level
+    seen: list[dict[str, str | int]] = []
+
+    def command() -> None:
+        with cli._errors(debug=False):
+            seen.append({**{k: os.environ.get(k, "") for k in keys}, "level": logging.getLogger("mlflow").level})
+            msg = "boom"
+            raise RuntimeError(msg)
+
+    for _ in range(2):  # twice in one process, as a test or a notebook would
+        with pytest.raises(typer.Exit) as crash:
+            command()
+        assert crash.value.exit_code == 70
+        assert seen[-1]["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert seen[-1]["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+        assert seen[-1]["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        assert seen[-1]["level"] == logging.WARNING
+        assert [k for k in keys if k in os.environ] == ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        assert logging.getLogger("mlflow").level == level
+
+
+def test_cli_in_process_leaves_no_environment_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from mlflow_weightviz.cli import app
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    before = dict(os.environ)
+    result = CliRunner().invoke(app, ["render-file", str(tmp_path / "missing.npz")])
+    assert result.exit_code == 3, result.output
+    assert dict(os.environ) == before

@@ -1,4 +1,7 @@
-"""Claims: concurrent renders of one run against a real `mlflow server` never render it twice."""
+"""Claims: concurrent renders of one run against a real `mlflow server` never render it twice.
+
+The claim logic itself is unit-tested with a fake clock in test_claims.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mlflow_weightviz as wv
-from mlflow_weightviz.claims import TAG_CLAIM, ClaimLostError, claim_run, parse_claim
+from mlflow_weightviz.automation.claims import TAG_CLAIM
 from tests.conftest import MlflowServer
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
@@ -62,28 +64,6 @@ def test_concurrent_render_processes_render_once(server_uri: str, mlflow_server:
     assert wv.render_run(run_id, wv.RenderOptions(max_frames=3)).status == "up_to_date"
 
 
-def test_racing_claimers_one_wins(server_uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    def claimer(run_id: str, barrier: threading.Barrier, held: list[bool]) -> None:
-        barrier.wait()
-        with claim_run(MlflowClient(server_uri), run_id, settle_s=0.3) as claim:
-            held.append(claim.held)
-            time.sleep(0.5)  # hold it while the others read it back
-
-    for _ in range(3):
-        run_id = make_run(server_uri)
-        barrier = threading.Barrier(3)
-        held: list[bool] = []
-        threads = [threading.Thread(target=claimer, args=(run_id, barrier, held)) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert sorted(held) == [False, False, True]
-        assert TAG_CLAIM not in run_tags(server_uri, run_id)  # released
-
-
 def test_foreign_claim_blocks_render_until_it_expires(server_uri: str, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -125,28 +105,6 @@ def test_claim_lost_before_publishing_logs_nothing(server_uri: str, tmp_path: Pa
     tags = run_tags(server_uri, run_id)
     assert tags[TAG_CLAIM] == thief
     assert "weightviz.fingerprint" not in tags
-
-
-def test_lease_is_renewed_while_held(server_uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(server_uri)
-    run_id = make_run(server_uri)
-    with claim_run(client, run_id, lease_s=0.9, settle_s=0.05) as claim:
-        assert claim.held
-        first = parse_claim(run_tags(server_uri, run_id)[TAG_CLAIM])
-        time.sleep(1.5)  # longer than the lease: only renewals keep it valid
-        now = parse_claim(run_tags(server_uri, run_id)[TAG_CLAIM])
-        assert first is not None
-        assert now is not None
-        assert now.owner == first.owner == claim.owner
-        assert now.expires_at > first.expires_at
-        assert now.valid()
-        claim.confirm()
-        client.set_tag(run_id, TAG_CLAIM, f"other/2/y:{time.time() + 60:.3f}")
-        with pytest.raises(ClaimLostError, match="claim lost to other/2/y"):
-            claim.confirm()
-    assert parse_claim(run_tags(server_uri, run_id)[TAG_CLAIM]).owner == "other/2/y"  # type: ignore[union-attr]
 
 
 def test_local_only_render_needs_no_claim(server_uri: str, tmp_path: Path) -> None:

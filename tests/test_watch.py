@@ -133,6 +133,16 @@ def test_parse_since() -> None:
             parse_since(bad)
 
 
+def test_parse_since_reads_the_z_suffix_without_python_311() -> None:
+    # datetime.fromisoformat reads "Z" only from Python 3.11 on; parse_since must not depend on it.
+    noon = datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()
+    for text in ("2024-05-01T12:00:00Z", "2024-05-01T12:00Z", "2024-05-01 12:00:00z", " 2024-05-01T12:00:00Z "):
+        assert parse_since(text) == noon, text
+    assert parse_since("2024-05-01T12:00:00.250000Z") == noon + 0.25
+    with pytest.raises(wv.UsageError, match="--since must be"):
+        parse_since("Z")
+
+
 class TcpRelay:
     """A TCP relay in front of the real server: ``down()`` makes the server unreachable, ``up()`` reachable.
 

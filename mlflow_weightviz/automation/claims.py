@@ -20,6 +20,10 @@ the owning process is gone. The remaining window (a claimer stalled between its 
 its write for longer than the settle time) is covered by the backstop: artifact names
 are fixed and the tags are set after the artifacts, so a second render overwrites the
 same files with the same content and the tags stay consistent.
+
+The check for a dead owner on this host uses ``os.kill(pid, 0)``, which is POSIX-only;
+the package declares POSIX in its metadata. Time comes from a :class:`Clock`, so the
+logic can be tested without waiting.
 """
 
 from __future__ import annotations
@@ -30,21 +34,24 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.errors import OutputError, WeightvizError
-from mlflow_weightviz.sinks import RunSink
+from mlflow_weightviz.errors import ClaimLostError, OutputError, WeightvizError
+from mlflow_weightviz.tags import TAG_CLAIM
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mlflow.tracking import MlflowClient
 
-__all__ = ["TAG_CLAIM", "Claim", "ClaimInfo", "ClaimLostError", "claim_run", "parse_claim"]
+    from mlflow_weightviz.sinks import Sink
 
-TAG_CLAIM = "weightviz.claim"
+__all__ = ["SYSTEM_CLOCK", "TAG_CLAIM", "Claim", "ClaimInfo", "ClaimLostError", "Clock", "GuardedSink", "SystemClock",
+           "claim_run", "parse_claim"]
 
 #: Seconds a claim is valid without renewal; the heartbeat renews it every third of that.
 DEFAULT_LEASE_S = 600.0
@@ -57,8 +64,47 @@ _MAX_SETTLE_S = 10.0
 _PROCESS_ID = uuid.uuid4().hex[:12]
 
 
-class ClaimLostError(WeightvizError):
-    """Our claim on a run was overwritten by another renderer before we published."""
+class Clock(Protocol):
+    """Where claims get the time and how they wait; tests pass a fake one."""
+
+    def time(self) -> float:
+        """Wall-clock Unix seconds (claims expire at a wall-clock time other hosts can read)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds for measuring durations."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set or ``seconds`` pass; true when it was set."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        """``time.time()``."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """``time.monotonic()``."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep(seconds)``."""
+        time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """``event.wait(seconds)``."""
+        return event.wait(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
 
 
 @dataclass(frozen=True)
@@ -93,7 +139,7 @@ def _dead_local_owner(owner: str) -> bool:
     if pid == os.getpid():
         return False
     try:
-        os.kill(pid, 0)  # signal 0: existence check only
+        os.kill(pid, 0)  # signal 0: existence check only (POSIX; see the module docstring)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -130,6 +176,10 @@ class Claim:
         holder: The other renderer's claim when ``held`` is false.
         tags: The run's tags as read back after claiming; they show whether someone
             finished rendering the run while we were claiming it.
+        client: The tracking client (``None`` when claiming was disabled).
+        owner: Our claim's owner, ``host/pid/random``.
+        lease_s: Lease length in seconds.
+        clock: Where time comes from.
     """
 
     run_id: str
@@ -139,6 +189,7 @@ class Claim:
     client: MlflowClient | None = None
     owner: str = ""
     lease_s: float = DEFAULT_LEASE_S
+    clock: Clock = SYSTEM_CLOCK
     _lost: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -157,9 +208,23 @@ class Claim:
             msg = f"run {self.run_id}: claim lost to {who}"
             raise ClaimLostError(msg)
 
-    def guard(self, sink: RunSink) -> RunSink:
-        """A sink that calls :meth:`confirm` before logging anything."""
-        return _GuardedSink(sink.client, sink.run_id, sink.artifact_path, claim=self)
+    def guard(self, sink: Sink) -> GuardedSink:
+        """``sink``, calling :meth:`confirm` before it publishes anything."""
+        return GuardedSink(sink, self)
+
+    def renew(self) -> bool:
+        """One heartbeat: extend the lease if the claim is still ours; false once it is lost.
+
+        Raises:
+            TrackingServerError: The server cannot be reached (the heartbeat tries again later).
+            OutputError: The tag cannot be written.
+        """
+        current = self._read()
+        if current is None or current.owner != self.owner:
+            self._lost = True
+            return False
+        self._write()
+        return True
 
     def _read(self) -> ClaimInfo | None:
         assert self.client is not None
@@ -170,17 +235,14 @@ class Claim:
     def _write(self) -> None:
         assert self.client is not None
         with _tracking.translate(f"claiming run {self.run_id}", writing=True):
-            self.client.set_tag(self.run_id, TAG_CLAIM, f"{self.owner}:{time.time() + self.lease_s:.3f}")
+            self.client.set_tag(self.run_id, TAG_CLAIM, f"{self.owner}:{self.clock.time() + self.lease_s:.3f}")
 
     def _heartbeat(self) -> None:
         # Renew the lease while the render runs; a failed renewal is retried at the next beat.
-        while not self._stop.wait(self.lease_s / 3):
+        while not self.clock.wait(self._stop, self.lease_s / 3):
             try:
-                current = self._read()
-                if current is None or current.owner != self.owner:
-                    self._lost = True
+                if not self.renew():
                     return
-                self._write()
             except WeightvizError:
                 continue
 
@@ -197,19 +259,31 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class _GuardedSink(RunSink):
-    claim: Claim | None = None
+class GuardedSink:
+    """Any sink, publishing only while the claim is still ours.
 
-    def deliver(self, staged_dir: Path, tags: Mapping[str, str],
-                then: Callable[[], object] | None = None) -> list[str]:
-        if self.claim is not None:
-            self.claim.confirm()
-        return super().deliver(staged_dir, tags, then)
+    Attributes:
+        sink: The sink that publishes.
+        claim: Confirmed right before ``sink`` is given anything.
+    """
+
+    sink: Sink
+    claim: Claim
+
+    def deliver(self, staged: Mapping[str, Path], tags: Mapping[str, str] | None = None,
+                then: Callable[[], object] | None = None) -> Mapping[str, str | Path]:
+        """Confirm the claim, then let the wrapped sink publish.
+
+        Raises:
+            ClaimLostError: Another renderer has taken the run over; nothing was published.
+        """
+        self.claim.confirm()
+        return self.sink.deliver(staged, tags, then)
 
 
 @contextlib.contextmanager
 def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_s: float | None = None,
-              settle_s: float | None = None) -> Iterator[Claim]:
+              settle_s: float | None = None, clock: Clock = SYSTEM_CLOCK) -> Iterator[Claim]:
     """Try to claim ``run_id`` for rendering; release the claim on exit.
 
     Args:
@@ -219,6 +293,7 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         lease_s: Lease length; default ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE`` or 600 s.
         settle_s: Shortest wait before reading the claim back; default
             ``MLFLOW_WEIGHTVIZ_CLAIM_SETTLE`` or 0.5 s.
+        clock: Where time comes from and how to wait (tests pass a fake one).
 
     Yields:
         The claim; when ``claim.held`` is false another renderer has the run and nothing
@@ -229,31 +304,31 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         OutputError: The claim tag cannot be written.
     """
     if not enabled:
-        yield Claim(run_id, held=True)
+        yield Claim(run_id, held=True, clock=clock)
         return
     lease = lease_s if lease_s is not None else _env_seconds(LEASE_ENV, DEFAULT_LEASE_S)
     settle = settle_s if settle_s is not None else _env_seconds(SETTLE_ENV, DEFAULT_SETTLE_S)
     owner = f"{socket.gethostname()}/{os.getpid()}/{_PROCESS_ID}-{uuid.uuid4().hex[:6]}"
-    claim = Claim(run_id, held=False, client=client, owner=owner, lease_s=lease)
+    claim = Claim(run_id, held=False, client=client, owner=owner, lease_s=lease, clock=clock)
     current = claim._read()
-    if current is not None and current.valid():
+    if current is not None and current.valid(clock.time()):
         claim.holder = current
         yield claim
         return
-    started = time.monotonic()
+    started = clock.monotonic()
     try:
         claim._write()
     except OutputError:
         # SQL stores insert a new tag with a unique key: of two first writes at the same
         # moment one is refused. The refused one lost the race if a rival claim is there.
         current = claim._read()
-        if current is None or not current.valid():
+        if current is None or not current.valid(clock.time()):
             raise
         claim.holder = current
         yield claim
         return
     # Wait long enough for any rival who read "no claim" to have landed its write too.
-    time.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (time.monotonic() - started))))
+    clock.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (clock.monotonic() - started))))
     with _tracking.translate(f"reading the claim of run {run_id}"):
         run = client.get_run(run_id)
     current = parse_claim(run.data.tags.get(TAG_CLAIM))
