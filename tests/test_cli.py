@@ -228,3 +228,10 @@ def test_cli_in_process_leaves_no_environment_behind(tmp_path: Path, monkeypatch
     result = CliRunner().invoke(app, ["render-file", str(tmp_path / "missing.npz")])
     assert result.exit_code == 3, result.output
     assert dict(os.environ) == before
+
+
+def test_a_format_pattern_that_fails_on_a_number_is_a_usage_error(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.zeros((2, 3, 3)))
+    for fmt in ("{x[0]}", "{x.foo}"):
+        cli = run_cli("render-file", "w.npy", "--fmt", fmt, cwd=tmp_path)
+        assert_one_line_error(cli, 2, "fmt must be a format pattern")

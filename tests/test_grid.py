@@ -259,3 +259,13 @@ def test_signalling_nan_is_read_as_nan_without_a_warning() -> None:
     grid, _ = to_grid(snan, max_rows=4, max_cols=4)  # filterwarnings=error would raise on a warning
     assert math.isnan(grid[0, 0])
     assert grid[0, 1] == 1.0
+
+
+def test_a_one_sided_vmin_beyond_the_data_keeps_the_scale_the_right_way_round(tmp_path: Path) -> None:
+    snaps = [Snapshot("l", i, f"a[{i}]", lambda v=v: np.full((2, 2), v)) for i, v in enumerate((0.0, 0.5))]
+    low = prepare_layer("l", snaps, RenderOptions(vmin=5.0), tmp_path)
+    assert low.vmin == 5.0
+    assert low.vmax > low.vmin
+    high = prepare_layer("l", snaps, RenderOptions(vmax=-1.0), tmp_path)
+    assert high.vmax == -1.0
+    assert high.vmin < high.vmax

@@ -384,3 +384,22 @@ def test_frames_to_gif_from_a_one_pass_iterator_keeps_distinct_frames(tmp_path: 
     assert gif.n_frames == 4
     for frame, colour in zip(gif.frames, colours, strict=True):  # nearest cube colour: within one cube step
         assert np.abs(frame[0, 0].astype(int) - colour).max() <= 32
+
+
+def test_an_up_to_date_run_still_writes_the_local_copies_asked_for(tmp_path: Path) -> None:
+    run_id = make_run()
+    write_canonical(tmp_path / "w", {"fc1": training_series(3)}, [0, 1, 2])
+    log_folder(run_id, tmp_path / "w")
+    assert wv.render_run(run_id).status == "rendered"
+    before = artifact_files(run_id, "weightviz")
+    again = wv.render_run(run_id, output_dir=tmp_path / "copies")
+    assert again.status == "up_to_date"
+    assert read_gif(tmp_path / "copies" / "fc1.gif").n_frames == 3
+    assert artifact_files(run_id, "weightviz") == before
+
+
+def test_out_takes_the_extension_of_the_format_written(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.stack(training_series(3)))
+    wv.render_file(tmp_path / "w.npy", wv.RenderOptions(formats=("html",)), out=tmp_path / "fc1.gif")
+    assert (tmp_path / "fc1.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert not (tmp_path / "fc1.gif").exists()

@@ -438,3 +438,25 @@ def test_a_corrupt_deflated_stream_read_in_bands_is_one_clear_error(tmp_path: Pa
     (snap,) = read_snapshots(tmp_path / "bad.npz")
     with pytest.raises(SnapshotFormatError, match=r"cannot read bad.npz\[w\]"):
         to_grid(snap.open(), max_rows=8, max_cols=8)
+
+
+def test_a_digit_in_a_folder_name_is_not_a_step_for_a_stacked_array(tmp_path: Path) -> None:
+    (tmp_path / "w" / "fc1").mkdir(parents=True)
+    np.save(tmp_path / "w" / "fc1" / "stack.npy", np.zeros((5, 3, 4), np.float32))
+    layers = group_layers(read_snapshots(tmp_path / "w"))
+    assert [s.step for s in layers["fc1"]] == [0, 1, 2, 3, 4]
+    assert layers["fc1"][0].load().shape == (3, 4)
+
+
+def test_a_step_file_named_on_its_own_is_one_step_not_a_stack(tmp_path: Path) -> None:
+    path = tmp_path / "step_10.npz"
+    np.savez(path, conv1=np.zeros((8, 3, 3, 3)), conv2=np.zeros((8, 8, 3, 3)))
+    layers = group_layers(read_snapshots(path))
+    assert {name: [s.step for s in snaps] for name, snaps in layers.items()} == {"conv1": [10], "conv2": [10]}
+
+
+def test_a_stacked_npz_named_on_its_own_is_a_stack_even_with_digits_in_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "data_8x12_300_0.npz"
+    np.savez(path, weights=np.zeros((4, 8, 12), np.float32))
+    layers = group_layers(read_snapshots(path))
+    assert [s.step for s in layers["weights"]] == [0, 1, 2, 3]
