@@ -34,7 +34,17 @@ if TYPE_CHECKING:
         WeightvizError,
     )
     from mlflow_weightviz.frames import HeatmapRenderer
-    from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View, WeightvizWarning
+    from mlflow_weightviz.options import (
+        Format,
+        GifOptions,
+        LookOptions,
+        OutputOptions,
+        Pool,
+        RenderOptions,
+        Scale,
+        View,
+        WeightvizWarning,
+    )
     from mlflow_weightviz.pipeline import (
         LayerResult,
         LayerSummary,
@@ -51,13 +61,16 @@ __all__ = [
     "ClaimLostError",
     "Format",
     "GifEncoder",
+    "GifOptions",
     "HeatmapRenderer",
     "KerasCallback",
     "LayerResult",
     "LayerSummary",
     "LightningCallback",
+    "LookOptions",
     "MissingDependencyError",
     "OutputError",
+    "OutputOptions",
     "PickleNotAllowedError",
     "Pool",
     "Recorder",
@@ -108,6 +121,9 @@ _LOCATIONS = {
     "frames_to_gif": "encoders",
     "HeatmapRenderer": "frames",
     "Format": "options",
+    "GifOptions": "options",
+    "LookOptions": "options",
+    "OutputOptions": "options",
     "Pool": "options",
     "RenderOptions": "options",
     "Scale": "options",
