@@ -57,10 +57,9 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(source_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built with the setuptools of this interpreter (no build isolation, so no download)."""
+    """The wheel, built as ``pip install .`` builds it: in an isolated env with pyproject's build requirements."""
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out,
-          source_tree], cwd=source_tree)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", out, source_tree], cwd=source_tree)
     wheels = list(out.glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
