@@ -18,7 +18,7 @@ from mlflow_weightviz.claims import TAG_CLAIM, ClaimLostError, claim_run, parse_
 from tests.conftest import MlflowServer
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def snapshot_run(uri: str, folder: Path, steps: int = 4) -> str:

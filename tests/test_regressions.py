@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.grid import prepare_layer
@@ -21,6 +22,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_an_up_to_date_run_still_writes_the_local_copies_asked_for(tmp_path: Path) -> None:
     run_id = make_run()
     write_canonical(tmp_path / "w", {"fc1": training_series(3)}, [0, 1, 2])
