@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import artifact_files, read_gif, run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_logs_snapshots_and_gifs_to_the_default_store_in_the_current_folder(tmp_path: Path) -> None:
