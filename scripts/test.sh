@@ -3,7 +3,6 @@
 # Usage: bash scripts/test.sh [extra pytest args]
 #   bash scripts/test.sh                    the whole suite, slow tests included (what CI runs)
 #   bash scripts/test.sh -m "not slow"      the quick loop: skips tests marked slow (see pyproject's markers)
-#   bash scripts/test.sh -m "not slow and not server"   quicker still: no `mlflow server` is started
 #   bash scripts/test.sh tests/test_cli.py  one module
 set -euo pipefail
 cd "$(dirname "$0")/.."
