@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up everything the test suite needs on a fresh clone, then run lint, types and tests.
+# Set up everything the test suite needs on a fresh clone, then run lint, types and every test.
 # Usage: bash scripts/test.sh [extra pytest args]
+#   bash scripts/test.sh                    the whole suite, slow tests included (what CI runs)
+#   bash scripts/test.sh -m "not slow"      the quick loop: skips tests marked slow (see pyproject's markers)
+#   bash scripts/test.sh tests/test_cli.py  one module
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +23,10 @@ fi
 export KERAS_BACKEND=torch
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  # pytest's "no tests collected": a typo in a path or -k/-m expression must not read as a pass.
+  echo "error: pytest collected no tests (exit 5) for: ${*:-the default test paths}" >&2
+fi
+exit "$status"

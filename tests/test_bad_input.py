@@ -169,6 +169,7 @@ IN_A_RUN = {name: ERRORS[name] for name in ("empty.npz", "truncated.safetensors"
 IN_A_RUN["dots"] = (encoded_dots, "dots/%2e%2e/step_1.npy: MLflow refuses to download this artifact path")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(IN_A_RUN))
 def test_bad_snapshots_in_a_run_log_nothing(tmp_path: Path, name: str) -> None:
     run_id = make_run()
@@ -228,6 +229,7 @@ MALICIOUS_ERRORS = {
 }
 
 
+@pytest.mark.slow
 def test_malicious_payloads_never_run_without_the_flag(tmp_path: Path) -> None:
     marker = tmp_path / "PAYLOAD-RAN"
     files = malicious_files(tmp_path / "evil", marker)
@@ -316,6 +318,7 @@ def test_unsafe_layer_names_stay_inside_the_output_folder(tmp_path: Path) -> Non
     assert "etc_passwd.gif" in written
 
 
+@pytest.mark.slow
 def test_unsafe_folder_names_and_artifact_names_in_a_run(tmp_path: Path) -> None:
     root = tmp_path / "w"
     for layer in ("层", "a b", "x" * 200, "a:b*c?"):
@@ -338,6 +341,7 @@ def test_unsafe_folder_names_and_artifact_names_in_a_run(tmp_path: Path) -> None
 # ------------------------------------------------------------------------------------- many files
 
 
+@pytest.mark.slow
 def test_two_thousand_tiny_snapshot_files(tmp_path: Path) -> None:
     folder = tmp_path / "w"
     folder.mkdir()

@@ -58,6 +58,7 @@ def status(uri: str, run_id: str) -> str:
     return str(MlflowClient(uri).get_run(run_id).info.status)
 
 
+@pytest.mark.slow
 def test_batch_mixed_experiment_then_rerun_does_nothing(server_uri: str, mlflow_server: MlflowServer,
                                                         tmp_path: Path) -> None:
     exp = f"mixed-{uuid.uuid4().hex[:8]}"

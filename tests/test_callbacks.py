@@ -14,6 +14,8 @@ from tests.helpers import artifact_files, read_gif
 # Shared with test_capture: reading chunks back, Keras on torch, and the autouse check that recorders get closed.
 from tests.test_capture import chunk_contents, keras_module, no_recorder_left_open  # noqa: F401
 
+pytestmark = pytest.mark.slow  # real training runs in three frameworks
+
 # ----------------------------------------------------------------------------------- Keras
 
 

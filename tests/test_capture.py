@@ -98,6 +98,7 @@ def train_steps(model: Any, steps: int, on_step: Callable[[int], object], fail_a
 # --------------------------------------------------------------------------- log_snapshot
 
 
+@pytest.mark.slow
 def test_to_numpy_converts_real_torch_and_keras_tensors() -> None:
     torch = pytest.importorskip("torch", reason="torch is not installed")
     keras = keras_module()
@@ -357,6 +358,7 @@ def test_flush_failure_while_training_fails_lets_the_training_error_through() ->
             train()
 
 
+@pytest.mark.slow
 def test_unclosed_recorder_is_flushed_and_rendered_when_python_exits(tmp_path: Path, server_uri: str) -> None:
     """A callback's fit() that raises never closes its recorder; the exit hook does."""
     uri = server_uri

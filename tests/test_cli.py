@@ -53,6 +53,7 @@ def canonical(folder: Path) -> None:
     write_canonical(folder, {"fc1": training_series(3), "fc2": training_series(3, (2, 5))}, [0, 1, 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("writer", "args", "code", "fragments"), [
     (canonical, ["--source", "nothing/here"], 3, ["no snapshot artifacts at 'nothing/here'", "--source"]),
     (corrupt_file, [], 3, ["step_2.npy", "truncated"]),
@@ -72,6 +73,7 @@ def test_render_errors_are_one_line_with_an_exit_code_and_log_nothing(
     assert not (tmp_path / "one.gif").exists()
 
 
+@pytest.mark.slow
 def test_unknown_run(tmp_path: Path) -> None:
     make_run()  # the store exists and answers
     assert_one_line_error(run_cli("render", "0123456789abcdef0123456789abcdef"), 4,
@@ -98,6 +100,7 @@ def test_unreachable_server_fails_fast_with_one_line() -> None:
     assert_one_line_error(cli, 5, "the tracking server cannot be reached", f"127.0.0.1:{port}")
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     run_id = make_run()
     corrupt_file(tmp_path / "w")
@@ -109,6 +112,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert_nothing_logged(run_id)
 
 
+@pytest.mark.slow
 def test_render_reports_then_is_up_to_date_then_force_and_no_log(tmp_path: Path) -> None:
     run_id = make_run()
     canonical(tmp_path / "w")
@@ -132,6 +136,7 @@ def test_render_reports_then_is_up_to_date_then_force_and_no_log(tmp_path: Path)
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_inspect_prints_a_table_of_layers(tmp_path: Path) -> None:
     run_id = make_run()
     write_canonical(tmp_path / "w", {"fc1": [np.full((4, 6), -0.5), np.full((4, 6), 0.25)]}, [10, 200])

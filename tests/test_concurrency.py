@@ -20,7 +20,7 @@ from mlflow_weightviz.automation.claims import TAG_CLAIM
 from tests.conftest import MlflowServer
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def snapshot_run(uri: str, folder: Path, steps: int = 4) -> str:

@@ -15,7 +15,7 @@ import mlflow_weightviz as wv
 from mlflow_weightviz.automation import render_experiment
 from tests.helpers import artifact_files, log_folder, make_run, run_cli, training_series, write_canonical
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 distributed = pytest.importorskip("distributed")
 

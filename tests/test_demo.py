@@ -25,6 +25,8 @@ from mlflow_weightviz.demo import mlflow_command, ui_command
 from tests.conftest import free_port
 from tests.helpers import artifact_files, assert_one_line_error, read_gif, run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def test_demo_logs_snapshots_and_gifs_to_the_default_store_in_the_current_folder(tmp_path: Path) -> None:
     cli = run_cli("demo", "--steps", "40", "--every", "10", "--quiet", cwd=tmp_path,

@@ -30,6 +30,7 @@ def test_importing_the_package_is_light() -> None:
     assert loaded_after("import mlflow_weightviz\nmlflow_weightviz.RenderOptions()\nmlflow_weightviz.UsageError") == []
 
 
+@pytest.mark.slow
 def test_the_probe_sees_a_heavy_import() -> None:
     # The check above could pass vacuously; make sure it notices a heavy import when one happens.
     assert "mlflow" in loaded_after("from mlflow_weightviz import _tracking\n_tracking.client('sqlite:///:memory:')")

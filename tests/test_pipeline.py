@@ -164,6 +164,7 @@ AUTOLOG_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_real_pytorch_autolog_checkpoints_render_without_changing_training_code(tmp_path: Path) -> None:
     pytest.importorskip("lightning")
     script = tmp_path / "train.py"
@@ -377,6 +378,7 @@ def test_frames_to_gif_keeps_frames_whose_colours_the_first_frame_lacks(tmp_path
     assert [int(f[0, 0, 0]) for f in gif.frames] == [0, 80, 160, 240]
 
 
+@pytest.mark.slow
 def test_frames_to_gif_from_a_one_pass_iterator_keeps_distinct_frames(tmp_path: Path) -> None:
     colours = [(0, 0, 0), (200, 30, 30), (30, 200, 30), (30, 30, 200)]
     wv.frames_to_gif((np.full((10, 12, 3), c, np.uint8) for c in colours), tmp_path / "f.gif", frame_ms=50)
@@ -386,6 +388,7 @@ def test_frames_to_gif_from_a_one_pass_iterator_keeps_distinct_frames(tmp_path: 
         assert np.abs(frame[0, 0].astype(int) - colour).max() <= 32
 
 
+@pytest.mark.slow
 def test_an_up_to_date_run_still_writes_the_local_copies_asked_for(tmp_path: Path) -> None:
     run_id = make_run()
     write_canonical(tmp_path / "w", {"fc1": training_series(3)}, [0, 1, 2])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import mlflow_weightviz as wv
 from tests.helpers import artifact_files, log_folder, make_run, read_gif, training_series, write_canonical
 
@@ -20,6 +22,7 @@ def test_render_run_embedded_store(tmp_path: Path) -> None:
     assert again.status == "up_to_date"
 
 
+@pytest.mark.slow
 def test_render_run_real_server(server_uri: str, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -20,7 +20,7 @@ from tests.browser import cell_point, launch
 from tests.conftest import MlflowServer
 from tests.helpers import log_folder, make_run, read_gif, training_series, write_canonical
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 STEPS = list(range(0, 200, 10))
 VIEWPORT = {"width": 1280, "height": 860}

@@ -84,6 +84,7 @@ class WatchThread:
         return self.report
 
 
+@pytest.mark.slow
 def test_watch_picks_up_a_run_that_finishes_while_it_runs(server_uri: str, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -296,6 +297,7 @@ def test_sigint_while_idle_stops_at_once(server_uri: str, tmp_path: Path) -> Non
     assert "watch stopped by SIGINT after 1 poll(s): 1 rendered" in err
 
 
+@pytest.mark.slow
 def test_two_watchers_never_render_a_run_twice(server_uri: str, mlflow_server: MlflowServer,
                                                tmp_path: Path) -> None:
     exp = f"pair-{uuid.uuid4().hex[:8]}"
