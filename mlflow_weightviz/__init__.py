@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         WeightvizError,
     )
     from mlflow_weightviz.frames import HeatmapRenderer
+    from mlflow_weightviz.loading import LayerSnapshots, load_snapshots
     from mlflow_weightviz.options import Format, Pool, RenderOptions, Scale, View, WeightvizWarning
     from mlflow_weightviz.pipeline import (
         LayerResult,
@@ -52,6 +53,7 @@ __all__ = [
     "HeatmapRenderer",
     "KerasCallback",
     "LayerResult",
+    "LayerSnapshots",
     "LayerSummary",
     "LightningCallback",
     "MissingDependencyError",
@@ -80,6 +82,7 @@ __all__ = [
     "frames_to_gif",
     "inspect_file",
     "inspect_run",
+    "load_snapshots",
     "log_snapshot",
     "read_snapshots",
     "record",
@@ -105,6 +108,8 @@ _LOCATIONS = {
     "GifEncoder": "encoders",
     "frames_to_gif": "encoders",
     "HeatmapRenderer": "frames",
+    "LayerSnapshots": "loading",
+    "load_snapshots": "loading",
     "Format": "options",
     "Pool": "options",
     "RenderOptions": "options",
