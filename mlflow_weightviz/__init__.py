@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         WeightvizError,
     )
     from mlflow_weightviz.frames import HeatmapRenderer
+    from mlflow_weightviz.loading import LayerSnapshots, load_snapshots
     from mlflow_weightviz.options import (
         Format,
         GifOptions,
@@ -65,6 +66,7 @@ __all__ = [
     "HeatmapRenderer",
     "KerasCallback",
     "LayerResult",
+    "LayerSnapshots",
     "LayerSummary",
     "LightningCallback",
     "LookOptions",
@@ -95,6 +97,7 @@ __all__ = [
     "frames_to_gif",
     "inspect_file",
     "inspect_run",
+    "load_snapshots",
     "log_snapshot",
     "read_snapshots",
     "record",
@@ -120,6 +123,8 @@ _LOCATIONS = {
     "GifEncoder": "encoders",
     "frames_to_gif": "encoders",
     "HeatmapRenderer": "frames",
+    "LayerSnapshots": "loading",
+    "load_snapshots": "loading",
     "Format": "options",
     "GifOptions": "options",
     "LookOptions": "options",

@@ -59,7 +59,12 @@ def _render_option_params(
         help="Value format such as '{x:.3f}'; by default precise enough to show change between frames.")] = None,
     max_rows: Annotated[int, typer.Option(help="Block-pool larger matrices down to this many rows.")] = 64,
     max_cols: Annotated[int, typer.Option(help="Block-pool larger matrices down to this many columns.")] = 64,
-    pool: Annotated[Pool, typer.Option(help="How a pooled block becomes one cell.")] = Pool.MEAN,
+    pool: Annotated[Optional[Pool], typer.Option(
+        help="How a pooled block becomes one cell: mean, maxabs or rms; default rms for pooled layers.")] = None,
+    rows: Annotated[Optional[str], typer.Option(
+        help="Draw only rows A:B of each layer's matrix, exactly (tick labels start at A).")] = None,
+    cols: Annotated[Optional[str], typer.Option(
+        help="Draw only columns C:D of each layer's matrix, exactly (tick labels start at C).")] = None,
     row_label: Annotated[str, typer.Option(help="Prefix of row tick labels, e.g. embed_dim_.")] = "",
     col_label: Annotated[str, typer.Option(help="Prefix of column tick labels, e.g. orig_dim_.")] = "",
     frame_ms: Annotated[int, typer.Option(
@@ -92,8 +97,8 @@ def _render_option_params(
     del allow_pickle, workers  # not render options: the commands pass them on (see _Options.run_args)
     return RenderOptions(
         layers=tuple(layer or ()), scale=scale, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, fmt=fmt,
-        max_rows=max_rows, max_cols=max_cols, pool=pool, row_label=row_label, col_label=col_label,
-        frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
+        max_rows=max_rows, max_cols=max_cols, pool=pool, rows=rows, cols=cols, row_label=row_label,
+        col_label=col_label, frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
         max_frames=max_frames, dpi=dpi, view=view,
         formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid,
         step_images=step_images_every if step_images_every is not None else (1 if step_images else None))

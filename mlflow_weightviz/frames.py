@@ -33,6 +33,8 @@ NAN_COLOR = "#808080"
 _FONT_PT = 9.0
 _TITLE_PT = 11.0
 _CHAR_EM = 0.62  # average width of a digit or letter in DejaVu Sans, in ems
+_DIGIT_EM = 0.64  # the widest digits of DejaVu Sans, in ems (tick labels are mostly digits)
+_LINE_EM = 1.2  # height of a line of text (ascent + descent), in ems
 _MAX_ANNOTATED_PX = 1600  # auto-annotation only while the grid stays this small
 _DARK_TEXT = "#262626"
 _LIGHT_TEXT = "#ffffff"
@@ -109,9 +111,14 @@ class HeatmapRenderer:
         right = 14 + 16 + cbar_text * char_px + 16
         bottom = 10
 
+        # Column labels are turned 30°: each one's box is about width·cos30 + height·sin30
+        # wide, so every k-th label is shown where they would otherwise overlap.
+        col_text = max((len(label) for label in col_labels), default=1) * fs_px * _DIGIT_EM
+        col_box = col_text * math.cos(math.radians(30)) + fs_px * _LINE_EM * 0.5 + 2
+
         def margins(cell: int) -> tuple[float, float, int, int]:
             row_step = max(1, math.ceil(fs_px * 1.3 / cell))
-            col_step = max(1, math.ceil(fs_px * 1.6 / cell))
+            col_step = max(1, math.ceil(fs_px * 1.6 / cell), math.ceil(col_box / cell))
             row_chars = max((len(row_labels[i]) for i in range(0, rows, row_step)), default=1)
             col_chars = max((len(col_labels[j]) for j in range(0, cols, col_step)), default=1)
             left = max(row_chars * char_px + 16, col_chars * char_px * 0.87 - cell / 2 + 8)

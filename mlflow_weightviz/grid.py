@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_weightviz.errors import OutputError, ShapeMismatchError, SnapshotError, SnapshotFormatError
+from mlflow_weightviz.errors import OutputError, ShapeMismatchError, SnapshotError, SnapshotFormatError, UsageError
 from mlflow_weightviz.options import Pool, RenderOptions, Scale, View
-from mlflow_weightviz.snapshots import LazyArray, Snapshot, release_pages
+from mlflow_weightviz.snapshots import Crop, LazyArray, Reduced, Snapshot, release_pages
 
 __all__ = ["GridInfo", "PreparedLayer", "choose_format", "finite_range", "format_value", "prepare_layer",
-           "release_pages", "sample_indices", "to_grid"]
+           "release_pages", "sample_indices", "snapshot_grid", "to_grid"]
 
 # Bytes of raw data pooled at once; bounds memory for huge layers.
 _BAND_BYTES = 64 * 1024 * 1024
@@ -41,17 +41,32 @@ class GridInfo:
     grid: tuple[int, int]
     block: tuple[int, int]
     pool: Pool
+    #: The matrix row and column of the first cell: not (0, 0) when a region is drawn.
+    origin: tuple[int, int] = (0, 0)
+    #: The layer's whole matrix when only a region of it (``matrix``) is drawn.
+    full: tuple[int, int] | None = None
 
     @property
     def pooled(self) -> bool:
         """Whether cells stand for blocks of weights rather than single weights."""
         return self.block != (1, 1)
 
+    def row_index(self, i: int) -> int:
+        """The matrix row where grid row ``i`` starts (for tick labels)."""
+        return self.origin[0] + i * self.block[0]
+
+    def col_index(self, j: int) -> int:
+        """The matrix column where grid column ``j`` starts (for tick labels)."""
+        return self.origin[1] + j * self.block[1]
+
     def note(self) -> str:
-        """A short description of the reshaping and pooling, for titles."""
+        """A short description of the reshaping, the region and the pooling, for titles."""
         parts = []
         if len(self.shape) != 2:
-            parts.append(f"shape {_x(self.shape)} shown as {_x(self.matrix)}")
+            parts.append(f"shape {_x(self.shape)} shown as {_x(self.full or self.matrix)}")
+        if self.full is not None:
+            (r0, c0), (rows, cols) = self.origin, self.matrix
+            parts.append(f"rows {r0}:{r0 + rows}, cols {c0}:{c0 + cols} of {_x(self.full)}")
         if self.pooled:
             parts.append(f"pooled {_x(self.matrix)} → {_x(self.grid)} ({self.pool.value} of {_x(self.block)} blocks)")
         return "; ".join(parts)
@@ -71,10 +86,11 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def to_grid(arr: np.ndarray | LazyArray, *, max_rows: int, max_cols: int,
-            pool: Pool = Pool.MEAN) -> tuple[np.ndarray, GridInfo]:
+            pool: Pool | None = Pool.MEAN) -> tuple[np.ndarray, GridInfo]:
     """Reshape ``arr`` to 2-D and block-pool it to at most ``max_rows`` × ``max_cols`` cells.
 
-    Returns a float64 matrix and a description of what was done. Complex values are
+    ``pool=None`` (auto) pools by block RMS. Returns a float64 matrix and a description
+    of what was done. Complex values are
     shown by magnitude. Large input is read in bands whatever its layout: bands of rows
     for C order, bands of columns where the matrix is stored column by column (Fortran
     order, a step of a Fortran-order stack), and each band in pieces that span at most
@@ -89,6 +105,8 @@ def to_grid(arr: np.ndarray | LazyArray, *, max_rows: int, max_cols: int,
         raise SnapshotError(msg)
     br, bc = math.ceil(rows / max_rows), math.ceil(cols / max_cols)
     gr, gc = math.ceil(rows / br), math.ceil(cols / bc)
+    if pool is None:
+        pool = Pool.RMS if (br, bc) != (1, 1) else Pool.MEAN
     info = GridInfo(shape, (rows, cols), (gr, gc), (br, bc), pool)
     if (br, bc) == (1, 1):
         return _as_float(np.asarray(arr).reshape(rows, cols)), info
@@ -218,8 +236,162 @@ def _pool_band(block: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         if pool is Pool.MEAN:
             return np.asarray(np.nanmean(tiles, axis=2))
+        if pool is Pool.RMS:
+            return np.asarray(np.sqrt(np.nanmean(np.square(tiles), axis=2)))
         idx = np.nanargmax(np.where(np.isnan(tiles), -1.0, np.abs(tiles)), axis=2)
         return np.asarray(np.take_along_axis(tiles, idx[..., None], axis=2)[..., 0])
+
+
+Span = tuple[int, int]
+
+
+def snapshot_grid(snap: Snapshot, arr: np.ndarray | LazyArray | None = None, *, max_rows: int, max_cols: int,
+                  pool: Pool | None = None, rows: Span | None = None,
+                  cols: Span | None = None) -> tuple[np.ndarray, GridInfo]:
+    """What a snapshot shows: its display grid and a description, for full and reduced snapshots alike.
+
+    ``rows``/``cols`` pick a region of the layer's matrix (matrix indices). A full
+    snapshot is read only over that region, a band at a time. A layer stored reduced is
+    drawn from its stored block statistic chosen by ``pool`` (``None``: RMS), pooled
+    further by whole stored blocks when the requested grid is smaller; a region of it
+    needs a stored crop that covers it. ``arr`` is the opened full array, if the caller
+    has it.
+
+    Raises:
+        UsageError: The region is outside the matrix, or the layer is reduced and no
+            stored crop covers the region.
+        SnapshotFormatError: Reduced statistics do not have the stored grid's shape.
+    """
+    meta = snap.meta
+    if isinstance(meta, Reduced):
+        if rows is None and cols is None:
+            return _reduced_grid(snap, meta, max_rows=max_rows, max_cols=max_cols, pool=pool)
+        full = meta.matrix
+        want = _check_region(snap.layer, full, rows, cols)
+        crop = next((c for c in meta.crops if c.rows[0] <= want[0][0] and want[0][1] <= c.rows[1]
+                     and c.cols[0] <= want[1][0] and want[1][1] <= c.cols[1]), None)
+        if crop is None or crop.loader is None:
+            stored = "; stored regions: " + ", ".join(
+                f"rows {c.rows[0]}:{c.rows[1]}, cols {c.cols[0]}:{c.cols[1]}" for c in meta.crops) if meta.crops else ""
+            msg = (f"layer {snap.layer!r} was stored reduced ({_x(full)} as {_x(meta.grid)} blocks of "
+                   f"{_x(meta.block)}), so its exact values of rows {want[0][0]}:{want[0][1]}, cols "
+                   f"{want[1][0]}:{want[1][1]} were not stored{stored}. Record the region exactly with "
+                   f"record(..., crops={{{snap.layer!r}: (slice({want[0][0]}, {want[0][1]}), "
+                   f"slice({want[1][0]}, {want[1][1]}))}}), or drop --rows/--cols")
+            raise UsageError(msg)
+        return _region_grid(crop.loader(), crop.rows[0], crop.cols[0], meta.shape, full, want,
+                            max_rows=max_rows, max_cols=max_cols, pool=pool)
+    if arr is None:
+        arr = snap.open()
+    if isinstance(meta, Crop):
+        full = matrix_shape(meta.shape)
+        here = matrix_shape(tuple(arr.shape))
+        if rows is None and cols is None:
+            want = ((meta.rows[0], meta.rows[0] + here[0]), (meta.cols[0], meta.cols[0] + here[1]))
+        else:
+            want = _check_region(snap.layer, here, rows, cols, origin=(meta.rows[0], meta.cols[0]))
+        return _region_grid(arr, meta.rows[0], meta.cols[0], meta.shape, full, want,
+                            max_rows=max_rows, max_cols=max_cols, pool=pool)
+    if rows is None and cols is None:
+        return to_grid(arr, max_rows=max_rows, max_cols=max_cols, pool=pool)
+    full = matrix_shape(tuple(arr.shape))
+    want = _check_region(snap.layer, full, rows, cols)
+    return _region_grid(arr, 0, 0, tuple(arr.shape), full, want, max_rows=max_rows, max_cols=max_cols, pool=pool)
+
+
+def _check_region(layer: str, matrix: tuple[int, int], rows: Span | None, cols: Span | None,
+                  origin: tuple[int, int] = (0, 0)) -> tuple[Span, Span]:
+    """``rows``/``cols`` (all of an axis when ``None``), checked to lie within the matrix."""
+    out = []
+    for name, given, start, size in (("rows", rows, origin[0], matrix[0]), ("cols", cols, origin[1], matrix[1])):
+        span = given if given is not None else (start, start + size)
+        if not (start <= span[0] < span[1] <= start + size):
+            msg = (f"--{name} {span[0]}:{span[1]} is outside layer {layer!r}, whose matrix has {name} "
+                   f"{start}:{start + size}")
+            raise UsageError(msg)
+        out.append(span)
+    return out[0], out[1]
+
+
+def _region_grid(arr: np.ndarray | LazyArray, r0: int, c0: int, shape: tuple[int, ...], full: tuple[int, int],
+                 want: tuple[Span, Span], *, max_rows: int, max_cols: int,
+                 pool: Pool | None) -> tuple[np.ndarray, GridInfo]:
+    """Grid of region ``want`` (matrix indices) of ``arr``, whose first value is matrix cell (r0, c0)."""
+    (a, b), (c, d) = want
+    values, info = to_grid(_region(arr, (a - r0, b - r0), (c - c0, d - c0)), max_rows=max_rows,
+                           max_cols=max_cols, pool=pool)
+    is_whole = (a, b, c, d) == (0, full[0], 0, full[1])
+    return values, GridInfo(shape, info.matrix, info.grid, info.block, info.pool, (a, c),
+                            None if is_whole else full)
+
+
+def _region(arr: np.ndarray | LazyArray, rows: Span, cols: Span) -> np.ndarray | LazyArray:
+    """Rows and columns of ``arr``'s matrix, as a view where possible (nothing is read)."""
+    m_rows, m_cols = matrix_shape(tuple(arr.shape))
+    index = (slice(*rows), slice(*cols))
+    if (rows, cols) == ((0, m_rows), (0, m_cols)):
+        return arr
+    if _matrix_strides(arr, m_rows, m_cols) is not None:
+        if isinstance(arr, LazyArray):
+            view = arr.reshape(m_rows, m_cols)
+            assert view is not None
+            return view.window(index)
+        return arr.reshape(m_rows, m_cols)[index]
+    # The matrix is not a view of the array (a strided N-d layout): read only the rows asked for.
+    rest = tuple(slice(0, n) for n in arr.shape[1:])
+    return _read_float(arr, (slice(*rows), *rest)).reshape(rows[1] - rows[0], m_cols)[:, cols[0]:cols[1]]
+
+
+def _reduced_grid(snap: Snapshot, meta: Reduced, *, max_rows: int, max_cols: int,
+                  pool: Pool | None) -> tuple[np.ndarray, GridInfo]:
+    """The stored statistic of a reduced layer, pooled further by whole stored blocks if the grid asks for it.
+
+    Further pooling is exact: block means are averaged weighted by their element counts,
+    RMS values through their weighted mean of squares, and max-abs values by max-abs.
+    When the requested block is not a whole number of stored blocks, the next whole
+    number is used (the title says which).
+    """
+    kind = pool or Pool.RMS
+    rows, cols = meta.matrix
+    (br, bc), (gr, gc) = meta.block, meta.grid
+    try:
+        stat = _as_float(np.asarray(meta.stats[kind.value]()))
+    except SnapshotError:
+        raise
+    except Exception as exc:  # any decoder failure becomes our own error
+        msg = f"cannot read {snap.origin} ({kind.value}): {exc}"
+        raise SnapshotFormatError(msg) from exc
+    if stat.shape != (gr, gc):
+        msg = (f"{snap.origin}: the stored {kind.value} of reduced layer {snap.layer!r} has shape {stat.shape}; "
+               f"its description says {_x((gr, gc))}")
+        raise SnapshotFormatError(msg)
+    kr = max(1, math.ceil(math.ceil(rows / max_rows) / br))
+    kc = max(1, math.ceil(math.ceil(cols / max_cols) / bc))
+    if (kr, kc) != (1, 1):
+        if kind is Pool.MAXABS:
+            stat = _pool_band(stat, kr, kc, Pool.MAXABS)
+        else:
+            n = np.outer(np.minimum(br, rows - np.arange(gr) * br), np.minimum(bc, cols - np.arange(gc) * bc))
+            n = np.where(np.isnan(stat), 0, n).astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                part = stat * n if kind is Pool.MEAN else np.square(stat) * n
+            total = _block_sum(part, kr, kc, nan_as_zero=True)
+            count = _block_sum(n, kr, kc)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                mean = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+                stat = mean if kind is Pool.MEAN else np.sqrt(mean)
+    info = GridInfo(meta.shape, meta.matrix, (stat.shape[0], stat.shape[1]), (br * kr, bc * kc), kind)
+    return stat, info
+
+
+def _block_sum(a: np.ndarray, kr: int, kc: int, *, nan_as_zero: bool = False) -> np.ndarray:
+    """Sums over ``kr`` × ``kc`` tiles of ``a`` (ragged edges padded with zeros)."""
+    if nan_as_zero:
+        a = np.where(np.isnan(a), 0.0, a)
+    pr, pc = -a.shape[0] % kr, -a.shape[1] % kc
+    a = np.pad(a, ((0, pr), (0, pc)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.asarray(a.reshape(a.shape[0] // kr, kr, a.shape[1] // kc, kc).sum(axis=(1, 3)))
 
 
 def sample_indices(count: int, max_frames: int | None) -> list[int]:
@@ -262,8 +434,7 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
         SnapshotError: The layer holds an empty array.
     """
     chosen = [snapshots[i] for i in sample_indices(len(snapshots), options.max_frames)]
-    first_arr = chosen[0].open()
-    first_shape = tuple(first_arr.shape)
+    first_arr, first_shape, dtype = _opened(chosen[0])
     grid_info: GridInfo | None = None
     stack = None
     try:
@@ -273,23 +444,30 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
         raise _scratch_error(workdir, exc) from exc
     stack_path = Path(tmp_name)
     init = prev = None
+    look = options.look
     try:
         for i, snap in enumerate(chosen):
-            arr = first_arr if i == 0 else snap.open()
-            if tuple(arr.shape) != first_shape:
+            arr, shape, _ = (first_arr, first_shape, dtype) if i == 0 else _opened(snap)
+            if shape != first_shape:
                 msg = (f"layer {name!r} changes shape: every snapshot must have the shape of step "
-                       f"{chosen[0].step}, {first_shape}; step {snap.step} has shape {tuple(arr.shape)}")
+                       f"{chosen[0].step}, {first_shape}; step {snap.step} has shape {shape}")
                 raise ShapeMismatchError(msg)
-            if arr.dtype.kind not in "biufc":
+            if arr is not None and arr.dtype.kind not in "biufc":
                 msg = f"{snap.origin}: dtype must be bool, integer, float or complex; got {arr.dtype}"
                 raise SnapshotFormatError(msg)
             try:
-                values, grid_info = to_grid(arr, max_rows=options.max_rows, max_cols=options.max_cols,
-                                            pool=options.pool)
+                values, info = snapshot_grid(snap, arr, max_rows=look.max_rows, max_cols=look.max_cols,
+                                             pool=look.pool, rows=look.rows, cols=look.cols)
             except SnapshotError as exc:
                 msg = f"layer {name!r}, step {snap.step} ({snap.origin}): {exc}"
                 raise SnapshotError(msg) from exc
             del arr
+            if grid_info is not None and values.shape != grid_info.grid:
+                msg = (f"layer {name!r}: step {snap.step} is drawn as {_x(values.shape)} cells but step "
+                       f"{chosen[0].step} as {_x(grid_info.grid)} (snapshots stored reduced to different grids); "
+                       "render with smaller --max-rows/--max-cols")
+                raise ShapeMismatchError(msg)
+            grid_info = grid_info or info
             if stack is None:
                 stack = _open_stack(stack_path, (len(chosen), *values.shape))
             if options.view is View.DELTA_INIT:
@@ -312,8 +490,16 @@ def prepare_layer(name: str, snapshots: Sequence[Snapshot], options: RenderOptio
     fmt = options.fmt or choose_format(stack, vmin, vmax)
     del stack
     return PreparedLayer(name=name, steps=tuple(s.step for s in chosen), stack_path=stack_path, info=grid_info,
-                         dtype=str(first_arr.dtype), vmin=vmin, vmax=vmax, frame_limits=frame_limits,
+                         dtype=dtype, vmin=vmin, vmax=vmax, frame_limits=frame_limits,
                          diverging=diverging, fmt=fmt, total_snapshots=len(snapshots))
+
+
+def _opened(snap: Snapshot) -> tuple[np.ndarray | LazyArray | None, tuple[int, ...], str]:
+    """A snapshot's array (``None`` for a reduced one, read later), original shape and dtype name."""
+    if isinstance(snap.meta, Reduced):
+        return None, snap.meta.shape, snap.meta.dtype
+    arr = snap.open()
+    return arr, tuple(arr.shape), str(arr.dtype)
 
 
 def _open_stack(path: Path, shape: tuple[int, ...]) -> np.memmap[Any, Any]:

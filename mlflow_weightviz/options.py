@@ -10,7 +10,7 @@ from typing import Any
 from mlflow_weightviz.errors import UsageError
 
 __all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MIN_FRAME_MS", "Format", "GifOptions", "LookOptions",
-           "OutputOptions", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning"]
+           "OutputOptions", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning", "span"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
@@ -32,6 +32,7 @@ class Pool(str, enum.Enum):
 
     MEAN = "mean"
     MAXABS = "maxabs"
+    RMS = "rms"
 
 
 class View(str, enum.Enum):
@@ -78,11 +79,16 @@ class LookOptions:
             ``None`` picks a precision that shows the change between frames.
         max_rows: Larger matrices are block-pooled down to this many rows.
         max_cols: Larger matrices are block-pooled down to this many columns.
-        pool: How a block is reduced: its mean, or its value of largest magnitude.
+        pool: How a block is reduced: its mean, its value of largest magnitude, or its
+            root mean square. ``None`` (auto) draws pooled layers by their block RMS, with a
+            sequential colormap since the RMS is never negative.
         row_label: Prefix of the row tick labels.
         col_label: Prefix of the column tick labels.
         dpi: Resolution of the drawn figure.
         view: Show the weights, or their change since the start or since the last frame.
+        rows: Draw only rows ``start:stop`` of each layer's matrix (a ``(start, stop)``
+            pair, a ``slice`` or ``"start:stop"``); tick labels keep the matrix's indices.
+        cols: Draw only columns ``start:stop``, like ``rows``.
     """
 
     scale: Scale = Scale.GLOBAL
@@ -93,16 +99,20 @@ class LookOptions:
     fmt: str | None = None
     max_rows: int = 64
     max_cols: int = 64
-    pool: Pool = Pool.MEAN
+    pool: Pool | None = None
     row_label: str = ""
     col_label: str = ""
     dpi: int = 100
     view: View = View.WEIGHTS
+    rows: tuple[int, int] | None = None
+    cols: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through object.__setattr__
         set_(self, "scale", _enum(Scale, self.scale, "scale"))
-        set_(self, "pool", _enum(Pool, self.pool, "pool"))
+        set_(self, "pool", None if self.pool is None else _enum(Pool, self.pool, "pool"))
+        set_(self, "rows", span(self.rows, "rows"))
+        set_(self, "cols", span(self.cols, "cols"))
         set_(self, "view", _enum(View, self.view, "view"))
         if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
             msg = f"vmin must be below vmax; got vmin={self.vmin} and vmax={self.vmax}"
@@ -300,7 +310,37 @@ class RenderOptions:
             out[name] = value.value if isinstance(value, enum.Enum) else value
         out["layers"] = list(self.layers)
         out["formats"] = [f.value for f in self.outputs.formats]
+        for name in ("rows", "cols"):  # only when set: other renders keep their fingerprint
+            if getattr(self.look, name) is not None:
+                out[name] = list(getattr(self.look, name))
         return out
+
+
+def span(value: Any, name: str) -> tuple[int, int] | None:
+    """A ``rows``/``cols`` region as ``(start, stop)``: from a pair, a ``slice`` or ``"start:stop"``.
+
+    Raises:
+        UsageError: The region is not two whole numbers with ``0 <= start < stop``.
+    """
+    if value is None:
+        return None
+    given = value
+    if isinstance(value, str):
+        value = value.split(":") if value.count(":") == 1 else [value]
+    elif isinstance(value, slice):
+        if value.step not in (None, 1):
+            msg = f"{name} must be a slice with step 1; got {given!r}"
+            raise UsageError(msg)
+        value = [value.start if value.start is not None else 0, value.stop]
+    try:
+        start, stop = (int(v) for v in value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be a range START:STOP of the matrix such as 0:32; got {given!r}"
+        raise UsageError(msg) from None
+    if not 0 <= start < stop:
+        msg = f"{name} must be a non-empty range START:STOP with 0 <= START < STOP; got {given!r}"
+        raise UsageError(msg)
+    return (start, stop)
 
 
 def _enum(kind: type[enum.Enum], value: Any, name: str) -> Any:

@@ -38,7 +38,7 @@ from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sa
 from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.parallel import build_renderer
 from mlflow_weightviz.sinks import LocalSink, RunSink, Sink, unique_names
-from mlflow_weightviz.snapshots import Snapshot, group_layers, read_snapshots
+from mlflow_weightviz.snapshots import Reduced, Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
 from mlflow_weightviz.tags import TAG_FINGERPRINT, TAG_PREFIX, Status, fingerprint
 
@@ -544,8 +544,8 @@ def _log_step_images(sink: RunSink, step_writers: Mapping[str, StepImageWriter])
 
 def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> dict[str, Any]:
     """The renderer's arguments (``grid`` included) as plain values, so worker processes can build it."""
-    rows, cols = prepared.info.grid
-    br, bc = prepared.info.block
+    info = prepared.info
+    rows, cols = info.grid
     cmap = options.look.cmap or ("RdBu_r" if prepared.diverging else "YlGn")
     last = len(prepared.steps)
     sample = _title(prepared, options, last - 1, max(prepared.steps, key=lambda s: len(str(s))))
@@ -553,8 +553,8 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: C
         sample = sample.rsplit("\n", 1)[0] + "\n" + max((caption(s) for s in prepared.steps), key=len)
     return {"grid": prepared.info.grid, "cmap": cmap, "vmin": prepared.vmin, "vmax": prepared.vmax,
             "fmt": prepared.fmt, "annotate": options.look.annotate,
-            "row_labels": [f"{options.look.row_label}{i * br}" for i in range(rows)],
-            "col_labels": [f"{options.look.col_label}{j * bc}" for j in range(cols)],
+            "row_labels": [f"{options.look.row_label}{info.row_index(i)}" for i in range(rows)],
+            "col_labels": [f"{options.look.col_label}{info.col_index(j)}" for j in range(cols)],
             "title_sample": sample, "dpi": options.look.dpi}
 
 
@@ -576,10 +576,16 @@ def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: in
 def _summaries(snapshots: list[Snapshot], layers: Sequence[str]) -> list[LayerSummary]:
     out = []
     for name, snaps in group_layers(snapshots, layers).items():
-        first = snaps[0].open()
-        ranges = [r for r in (finite_range(s.open()) for s in snaps) if r is not None]
+        meta = snaps[0].meta
+        if isinstance(meta, Reduced):  # the range of the stored block max-abs values is the layer's range
+            ranges = [r for r in (finite_range(np.asarray(s.meta.stats["maxabs"]())) for s in snaps
+                                  if isinstance(s.meta, Reduced)) if r is not None]
+            shape, dtype = meta.shape, meta.dtype
+        else:
+            first = snaps[0].open()
+            shape, dtype = tuple(first.shape), str(first.dtype)
+            ranges = [r for r in (finite_range(s.open()) for s in snaps) if r is not None]
         lo = min((r[0] for r in ranges), default=float("nan"))
         hi = max((r[1] for r in ranges), default=float("nan"))
-        out.append(LayerSummary(name, tuple(first.shape), str(first.dtype), len(snaps), snaps[0].step,
-                                snaps[-1].step, lo, hi))
+        out.append(LayerSummary(name, shape, dtype, len(snaps), snaps[0].step, snaps[-1].step, lo, hi))
     return out

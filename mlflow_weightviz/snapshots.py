@@ -62,11 +62,15 @@ from mlflow_weightviz.errors import (
 )
 from mlflow_weightviz.options import WeightvizWarning
 
-__all__ = ["MAX_SNAPSHOTS_PER_FILE", "LazyArray", "Snapshot", "group_layers", "read_snapshots",
-           "release_pages", "step_from_name"]
+__all__ = ["MAX_SNAPSHOTS_PER_FILE", "META_KEY", "STATS", "Crop", "LazyArray", "Reduced", "Snapshot",
+           "group_layers", "read_snapshots", "release_pages", "step_from_name"]
 
 #: The key that marks a file as a chunk of many steps.
 STEPS_KEY = "steps"
+#: The member holding the JSON description of reduced layers and crops (a 1-D uint8 array).
+META_KEY = "__weightviz__"
+#: The block statistics stored for a reduced layer ``L``, as members ``L::mean`` and so on.
+STATS = ("mean", "maxabs", "rms")
 
 _NPY_EXT = {".npy"}
 _NPZ_EXT = {".npz"}
@@ -87,13 +91,60 @@ Loader = Callable[[], "np.ndarray | LazyArray"]
 
 
 @dataclass(frozen=True)
+class Crop:
+    """An exact region ``rows`` × ``cols`` of layer ``of``'s matrix, stored as its own layer.
+
+    Attributes:
+        of: The layer the region was cut from.
+        rows: ``(start, stop)`` rows of that layer's 2-D matrix.
+        cols: ``(start, stop)`` columns of it.
+        shape: The original shape of the whole layer.
+        loader: Reads the region's values (used when a reduced layer is drawn by region).
+    """
+
+    of: str
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    shape: tuple[int, ...]
+    loader: Loader | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A layer stored as block statistics (see docs/formats.md), not its values.
+
+    Attributes:
+        shape: The layer's original shape.
+        matrix: The 2-D matrix it is drawn as.
+        block: Rows and columns of the matrix behind each stored cell.
+        grid: Rows and columns of stored cells.
+        dtype: The original dtype's name (e.g. ``bfloat16``); the statistics are float32.
+        stats: A loader for each of :data:`STATS`.
+        crops: Exact regions of the layer stored in the same file at the same step.
+    """
+
+    shape: tuple[int, ...]
+    matrix: tuple[int, int]
+    block: tuple[int, int]
+    grid: tuple[int, int]
+    dtype: str
+    stats: Mapping[str, Loader] = field(repr=False, compare=False)
+    crops: tuple[Crop, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """One layer's weights at one step; the array is read only by :meth:`load`."""
+    """One layer's weights at one step; the array is read only by :meth:`load`.
+
+    ``meta`` is set for layers stored reduced (:class:`Reduced`; ``loader`` then reads
+    the block means) and for stored regions of a layer (:class:`Crop`).
+    """
 
     layer: str
     step: int
     origin: str
     loader: Loader = field(repr=False, compare=False)
+    meta: Reduced | Crop | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> np.ndarray:
         """Read the array (often a read-only memory map); a :class:`LazyArray` is read whole."""
@@ -183,6 +234,13 @@ class LazyArray:
             return None
         return LazyArray(self._raw, (rows, cols), tuple(view.strides), self._offset, self.dtype, self._convert,
                          self._where)
+
+    def window(self, index: tuple[slice, ...]) -> LazyArray:
+        """A block (one ``slice(start, stop)`` per axis) as a LazyArray, still unread."""
+        bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True)]
+        shape = tuple(max(0, stop - start) for start, stop in bounds)
+        offset = self._offset + sum(start * st for (start, _), st in zip(bounds, self._estrides, strict=True))
+        return LazyArray(self._raw, shape, self._estrides, offset, self.dtype, self._convert, self._where)
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         """The values of a block (one ``slice(start, stop)`` per axis), read in one go."""
@@ -481,7 +539,7 @@ def _read_file(path: Path, *, rel_dir: str, root_name: str, allow_pickle: bool,
                 raise SnapshotFormatError(msg) from exc
             # Named on its own, (T, N, M) arrays are a stack even with digits in the name
             # (data_8x12.npz); a step_10.npz of 4-D conv kernels stays one step.
-            stacks = step is None or all(len(r.shape) == 3 for k, r in refs.items() if k != STEPS_KEY)
+            stacks = step is None or all(len(r.shape) == 3 for k, r in refs.items() if k not in (STEPS_KEY, META_KEY))
             return _arrange(refs, step=step, origin=origin, stack_first=strict and stacks)
         if kind == "safetensors":
             return _arrange(_safetensors_refs(path), step=step, origin=origin)
@@ -536,6 +594,11 @@ def _arrange(refs: Mapping[str, _Ref], *, step: int | None, origin: str,
     """
     if not refs:
         return []
+    if META_KEY in refs:
+        meta = _read_meta(refs[META_KEY], origin)
+        snaps = _arrange({k: r for k, r in refs.items() if k != META_KEY}, step=step, origin=origin,
+                         stack_first=stack_first)
+        return _apply_meta(snaps, meta, origin)
     steps_ref = refs.get(STEPS_KEY)
     arrays = {k: r for k, r in refs.items() if k != STEPS_KEY}
     if steps_ref is not None and len(steps_ref.shape) == 1:
@@ -574,6 +637,66 @@ def _stacked(arrays: Mapping[str, _Ref], steps: Sequence[int], origin: str) -> l
         for i, step in enumerate(steps):
             out.append(Snapshot(name, step, f"{origin}[{name}][{i}]", functools.partial(_take, ref.read, i)))
     return out
+
+
+def _read_meta(ref: _Ref, origin: str) -> dict[str, Any]:
+    """The JSON description of a file's reduced layers and crops."""
+    raw = np.asarray(ref.read())
+    problem = f"expected a 1-D uint8 array, got {raw.dtype} {raw.shape}"
+    meta: Any = None
+    if raw.ndim == 1 and raw.dtype == np.uint8:
+        try:
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+            problem = "expected a JSON object with 'layers'"
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+            problem = _describe(exc)
+    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), dict):
+        msg = f"{origin}: corrupt {META_KEY!r} member ({problem})"
+        raise SnapshotFormatError(msg)
+    return meta
+
+
+def _apply_meta(snaps: list[Snapshot], meta: dict[str, Any], origin: str) -> list[Snapshot]:
+    """Merge each reduced layer's ``L::mean/maxabs/rms`` into one snapshot of ``L``, and mark crops."""
+    by_key = {(s.layer, s.step): s for s in snaps}
+    crops: dict[tuple[str, int], list[Crop]] = {}
+    out: dict[tuple[str, int], Snapshot] = {}
+    reduced: dict[str, dict[str, Any]] = {}
+    try:
+        for name, info in meta["layers"].items():
+            if info.get("kind") == "reduced":
+                reduced[name] = info
+            elif info.get("kind") == "crop":
+                rows, cols = (tuple(int(v) for v in info[k]) for k in ("rows", "cols"))
+                for snap in snaps:
+                    if snap.layer == name:
+                        crop = Crop(str(info["of"]), (rows[0], rows[1]), (cols[0], cols[1]),
+                                    tuple(int(d) for d in info["shape"]), snap.loader)
+                        out[(name, snap.step)] = Snapshot(name, snap.step, snap.origin, snap.loader, crop)
+                        crops.setdefault((crop.of, snap.step), []).append(crop)
+        for name, info in reduced.items():
+            shape = tuple(int(d) for d in info["shape"])
+            matrix, block, grid = (tuple(int(v) for v in info[k]) for k in ("matrix", "block", "grid"))
+            dtype = str(info.get("dtype", "float32"))
+            for step in sorted({s.step for s in snaps if s.layer == f"{name}::mean"}):
+                parts = {stat: by_key.get((f"{name}::{stat}", step)) for stat in STATS}
+                missing = [f"{name}::{stat}" for stat, snap in parts.items() if snap is None]
+                if missing:
+                    msg = f"{origin}: reduced layer {name!r} lacks {', '.join(missing)} at step {step}"
+                    raise SnapshotFormatError(msg)
+                first = parts["mean"]
+                assert first is not None
+                red = Reduced(shape, (matrix[0], matrix[1]), (block[0], block[1]), (grid[0], grid[1]), dtype,
+                              {stat: snap.loader for stat, snap in parts.items() if snap is not None},
+                              tuple(crops.get((name, step), ())))
+                out[(name, step)] = Snapshot(name, step, first.origin.replace(f"[{name}::mean]", f"[{name}]"),
+                                             first.loader, red)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        msg = f"{origin}: corrupt {META_KEY!r} description ({_describe(exc)})"
+        raise SnapshotFormatError(msg) from None
+    stat_names = {f"{name}::{stat}" for name in reduced for stat in STATS}
+    return [out.get((s.layer, s.step), s) for s in snaps if s.layer not in stat_names] + [
+        s for key, s in out.items() if key[0] in reduced]
 
 
 def _take(read: Loader, index: int) -> np.ndarray | LazyArray:

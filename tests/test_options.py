@@ -31,7 +31,9 @@ def test_colormap_is_checked_when_made() -> None:
 
 
 def test_fingerprint_fields_are_the_flat_fields() -> None:
-    fields = wv.RenderOptions(cmap="magma", layers=("fc*",)).fingerprint_fields()
+    # pool="mean" given explicitly keeps the fingerprint it always had (the default is now auto: None).
+    fields = wv.RenderOptions(cmap="magma", layers=("fc*",), pool="mean").fingerprint_fields()
+    assert wv.RenderOptions().fingerprint_fields()["pool"] is None
     assert fields == {
         "layers": ["fc*"], "scale": "global", "vmin": None, "vmax": None, "cmap": "magma", "annotate": None,
         "fmt": None, "max_rows": 64, "max_cols": 64, "pool": "mean", "row_label": "", "col_label": "",
