@@ -480,32 +480,34 @@ class GifWriter:
 
     def setup(self, animation: Animation) -> None:
         """Open the file and write the header with the animation's palette."""
-        from mlflow_weightviz.errors import OutputError
-
         assert animation.palette is not None
         assert animation.size is not None
-        try:
+        with self._writing():
             self._fh = self.path.open("wb")
             self._encoder = GifEncoder.from_options(self._fh, self._gif)
             self._encoder.start(animation.palette, animation.size)
-        except OSError as exc:
-            msg = f"cannot write {self.path.name}: {exc.strerror or exc}"
-            raise OutputError(msg) from exc
 
     def add_frame(self, frame: Frame) -> None:
         """Add the frame's block (``None`` shows the previous frame longer)."""
         assert self._encoder is not None
-        self._encoder.add_block(frame.block)
+        with self._writing():
+            self._encoder.add_block(frame.block)
 
     def finish(self) -> None:
         """Write the last frame and the trailer."""
-        from mlflow_weightviz.errors import OutputError
-
         assert self._encoder is not None
         assert self._fh is not None
-        try:
+        with self._writing():
             self._encoder.finish()
             self._fh.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        # A full disk can strike at any write: report it as this file's error, leaving no partial file.
+        from mlflow_weightviz.errors import OutputError
+
+        try:
+            yield
         except OSError as exc:
             self.abort()
             msg = f"cannot write {self.path.name}: {exc.strerror or exc}"
