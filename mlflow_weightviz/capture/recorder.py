@@ -93,9 +93,13 @@ class Recorder:
         # "helper" sends its shard to the lead, "idle" (data-parallel rank > 0) does nothing.
         rank = 0 if self._world is None else self._world[0]
         self._role = ("lead" if rank == 0 else "helper") if self._sharded else ("solo" if rank == 0 else "idle")
-        self._client: MlflowClient = _tracking.client(tracking_uri)
-        self.tracking_uri: str = str(self._client.tracking_uri)
-        self.run_id = _resolve_run(self._client, run_id) if self._writes else (run_id or "")
+        if self._writes:
+            self._client: MlflowClient = _tracking.client(tracking_uri)
+            self.tracking_uri: str = str(self._client.tracking_uri)
+            self.run_id = _resolve_run(self._client, run_id)
+        else:  # other ranks never talk to MLflow: they need no run
+            self.tracking_uri = tracking_uri or ""
+            self.run_id = run_id or ""
         self._warn_repeats = warn_repeats
         self.snapshots = 0
         self.last_step: int | None = None

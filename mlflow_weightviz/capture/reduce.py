@@ -87,7 +87,8 @@ def plan(shape: tuple[int, ...], max_rows: int, max_cols: int) -> BlockPlan:
 
 def dtype_name(value: Any) -> str:
     """The dtype of a tensor or array as a short name (``float32``, ``bfloat16``)."""
-    return str(getattr(value, "dtype", np.asarray(value).dtype)).removeprefix("torch.")
+    dtype = getattr(value, "dtype", None)
+    return str(dtype if dtype is not None else np.asarray(value).dtype).removeprefix("torch.")
 
 
 def is_torch(value: Any) -> bool:
