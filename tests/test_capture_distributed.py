@@ -141,7 +141,8 @@ def _check_step(arrays: dict[str, np.ndarray], full: dict[str, np.ndarray], smal
 
 def test_fsdp2_ranks_reduce_their_shards_and_rank_0_stores_one_series(tmp_path: Path) -> None:
     proc = _torchrun(tmp_path, _FSDP)
-    assert "rank 0 done, failures=0" in proc.stdout and "rank 1 done, failures=0" in proc.stdout
+    assert "rank 0 done, failures=0" in proc.stdout
+    assert "rank 1 done, failures=0" in proc.stdout
     stored = _stored(tmp_path)
     assert sorted(stored) == [0, 2, 4]  # one series: each step once, from rank 0 only
     for step, arrays in stored.items():
@@ -175,7 +176,8 @@ def test_a_rank_whose_capture_fails_warns_and_training_goes_on(tmp_path: Path) -
     text = proc.stdout + proc.stderr
     assert "rank 1 cannot read its parameters" in text
     assert "could not take the snapshot of step 2 on rank 1 (skipped on every rank)" in text
-    assert "rank 0 done, failures=1" in proc.stdout and "rank 1 done, failures=1" in proc.stdout
+    assert "rank 0 done, failures=1" in proc.stdout
+    assert "rank 1 done, failures=1" in proc.stdout
     stored = _stored(tmp_path)
     assert sorted(stored) == [0, 4]  # step 2 skipped on every rank, the others recorded
     for step, arrays in stored.items():

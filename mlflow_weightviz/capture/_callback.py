@@ -14,12 +14,19 @@ from mlflow_weightviz.errors import MissingDependencyError, UsageError
 if TYPE_CHECKING:
     from mlflow_weightviz.pipeline import RenderResult
 
-__all__ = ["RecordingCallback", "missing", "pick_every"]
+__all__ = ["RecordingCallback", "missing", "pick_every", "sharded"]
 
 
 def missing(framework: str, extra: str) -> MissingDependencyError:
     """The error raised when a callback's framework is not installed."""
     return MissingDependencyError(f"this callback needs {framework}: pip install 'mlflow-weightviz[{extra}]'")
+
+
+def sharded(model: Any) -> bool:
+    """Whether a model's parameters are sharded DTensors (FSDP2): then every rank takes part in recording."""
+    from mlflow_weightviz.capture.recorder import _has_dtensors
+
+    return _has_dtensors(model)
 
 
 def pick_every(unit_a: str, a: int | None, unit_b: str, b: int | None, default: tuple[str, int]) -> tuple[str, int]:
