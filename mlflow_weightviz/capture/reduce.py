@@ -43,6 +43,7 @@ __all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "dtype_na
 META_KEY = "__weightviz__"
 #: The statistics stored per block, as ``<layer>::<stat>`` arrays.
 STATS = ("mean", "maxabs", "rms")
+_Four = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
 #: Values reduced together on the CPU, to stay in the processor's cache.
 CACHE_VALUES = 1 << 18
@@ -198,16 +199,65 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan) -> Partial:
         acc = np.float64 if band.dtype == np.float64 else np.float32
         if band.dtype not in (np.float32, np.float64):
             band = band.astype(acc)
-        s, sq, n, pk = _numpy_rows(band, bc, acc)
-        start = (row0 + a) // br
-        out.add_rows(start, *_numpy_blocks(s, sq, n, pk, (row0 + a) % br, br))
+        g = row0 + a
+        head = min(band.shape[0], -g % br)
+        whole = (band.shape[0] - head) // br * br
+        if head:  # the end of a block row begun before these rows
+            out.add_rows(g // br, *_numpy_blocks(*_numpy_rows(band[:head], bc, acc), g % br, br))
+        if whole:
+            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc))
+        if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
+            out.add_rows((g + head + whole) // br,
+                         *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
     return out
 
 
-def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> tuple[np.ndarray, ...]:
+def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarray, ...]:
+    """Block statistics of whole block rows.
+
+    First down the rows of each block (vectorised over the contiguous columns), then across
+    the columns, a few block rows at a time to stay in the cache.
+    """
+    k, cols = band.shape[0] // br, band.shape[1]
+    gc = -(-cols // bc)
+    out = tuple(np.empty((k, gc)) for _ in range(4))
+    step = max(1, CACHE_VALUES // max(1, br * cols))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(0, k, step):
+            part = band[i * br:(i + step) * br]
+            m = part.shape[0] // br
+            cube = part.reshape(m, br, cols)
+            s = _across(cube.sum(1, dtype=acc), bc, np.add)
+            if not np.isfinite(s).all():  # a NaN or an infinity: the slower NaN-skipping path
+                found = _numpy_blocks(*_numpy_rows(part, bc, acc), 0, br)
+            else:
+                rows_sq = np.concatenate([np.einsum("ijk,ijk->ij", x, x, dtype=acc)
+                                          for x in _split_columns(part, bc)], axis=1)
+                sq = rows_sq.reshape(m, br, gc).sum(1, dtype=np.float64)
+                hi = _across(cube.max(1), bc, np.maximum).astype(np.float64)
+                lo = _across(cube.min(1), bc, np.minimum).astype(np.float64)
+                peak = np.where(hi >= -lo, hi, lo)
+                for a, c in zip(*np.nonzero((hi == -lo) & (hi != 0)), strict=True):
+                    # +x and -x both present: the first in row-major order wins
+                    block = part[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
+                    peak[a, c] = block[np.abs(block).argmax()]
+                sizes = np.array([x.shape[-1] for x in _split_columns(part[:1], bc) for _ in range(x.shape[1])])
+                found = (s.astype(np.float64), sq, np.broadcast_to(sizes * float(br), (m, gc)), peak)
+            for dest, value in zip(out, found, strict=True):
+                dest[i:i + m] = value
+    return out
+
+
+def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
+    """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``."""
+    return np.concatenate([op.reduce(x, axis=-1) for x in _split_columns(arr, bc)], axis=1)
+
+
+def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> _Four:
     """Per row and block column: sum, sum of squares, non-NaN count, signed peak."""
     found = [_numpy_segments(p, acc) for p in _split_columns(band, bc)]
-    return tuple(np.concatenate([f[k] for f in found], axis=1) for k in range(4))
+    s, sq, n, pk = (np.concatenate([f[k] for f in found], axis=1) for k in range(4))
+    return s, sq, n, pk
 
 
 def _numpy_segments(x: np.ndarray, acc: Any) -> tuple[np.ndarray, ...]:
