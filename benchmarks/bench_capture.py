@@ -189,7 +189,7 @@ def report(rows: list[dict[str, Any]]) -> str:
               "computed from measured costs, not run for hundreds of steps: (one snapshot + (every − 1) × "
               "one `rec.step()` call that takes no snapshot) / every; the naive copy's is its time / every. "
               + "Measured `rec.step()` on a step without a snapshot: "
-              + ", ".join(f"{r['name']} {r['skip_s'] * 1e6:.0f} µs" for r in rows) + ".", ""]
+              + ", ".join(f"{r['name']} {r['skip_s'] * 1e6:.1f} µs" for r in rows) + ".", ""]
     return "\n".join(lines)
 
 

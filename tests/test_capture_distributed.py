@@ -183,3 +183,72 @@ def test_a_rank_whose_capture_fails_warns_and_training_goes_on(tmp_path: Path) -
     for step, arrays in stored.items():
         with np.load(tmp_path / f"full_{step}.npz") as z:
             _check_step(arrays, {k: z[k] for k in z.files})
+
+
+_LIGHTNING = """
+import os, sys
+from pathlib import Path
+import numpy as np, torch, lightning.pytorch as pl
+from lightning.pytorch.loggers import MLFlowLogger
+import mlflow_weightviz as wv
+
+out = Path(sys.argv[1])
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(33, 133)
+        self.b = torch.nn.Linear(133, 7)
+
+    def training_step(self, batch, _):
+        return self.b(torch.relu(self.a(batch[0]))).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Keep(pl.Callback):  # the full weights at each recorded step, for the test to compare
+    def _keep(self, trainer, module):
+        if trainer.is_global_zero and trainer.global_step % 2 == 0:
+            np.savez(out / f"full_{trainer.global_step}.npz",
+                     **{n: p.detach().numpy().copy() for n, p in module.named_parameters()})
+
+    def on_train_start(self, trainer, module):
+        self._keep(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, *args):
+        self._keep(trainer, module)
+
+
+data = torch.utils.data.TensorDataset(torch.randn(64, 33))
+logger = MLFlowLogger(experiment_name="ddp", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=logger,
+                     callbacks=[wv.LightningCallback(every_n_train_steps=2, render=False), Keep()],
+                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=8))
+if trainer.is_global_zero:
+    (out / "run_id").write_text(logger.run_id)
+print(f"rank {trainer.global_rank} done", flush=True)
+"""
+
+
+def test_lightning_ddp_records_once_from_rank_0(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(_LIGHTNING))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
+    proc = subprocess.run([sys.executable, os.fspath(script), os.fspath(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rank 0 done" in proc.stdout
+    assert "rank 1 done" in proc.stdout
+    stored = _stored(tmp_path)
+    assert sorted(stored) == [0, 2, 4]
+    for step, arrays in stored.items():
+        with np.load(tmp_path / f"full_{step}.npz") as z:
+            full = {k: z[k] for k in z.files}
+        for stat, expected in _block_stats(full["a.weight"]).items():
+            np.testing.assert_allclose(arrays[f"a.weight::{stat}"], expected, rtol=1e-5, atol=1e-7)
+        assert arrays["b.weight::mean"].shape == (7, 45)
