@@ -113,6 +113,10 @@ class Recorder:
         self._sealed: list[Segment] = []
         self._segments_made = 0
         self._retry_at = 0
+        if _fsdp1(source):
+            warnings.warn("this model is wrapped in FSDP1 (FullyShardedDataParallel): its parameters are flat "
+                          "shards, so rank 0 would record only its own shard; use FSDP2 (fully_shard), "
+                          "which mlflow-weightviz records whole", WeightvizWarning, stacklevel=3)
         if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
             self._check_selection()
         self._dir = Path()
@@ -427,6 +431,16 @@ def _has_dtensors(source: Any) -> bool:
     if isinstance(source, Mapping):
         return any(_distributed.is_dtensor(v) for v in source.values())
     return False
+
+
+def _fsdp1(source: Any) -> bool:
+    modules = getattr(source, "modules", None)
+    if not callable(modules) or _distributed.world() is None:
+        return False
+    try:
+        return any(type(m).__name__ == "FullyShardedDataParallel" for m in modules())
+    except Exception:  # only a hint: never fail because of it
+        return False
 
 
 def _readable_now(source: Any) -> bool:
