@@ -290,9 +290,17 @@ def test_bad_steps_and_unmatched_layers_are_reported() -> None:
     import mlflow
 
     model = mlp()
-    with mlflow.start_run(), wv.record(model, layers="*.kernel", render=False) as rec:
+    with mlflow.start_run():
+        # A model's layers are known when record() is called, so a selection matching none fails then.
         with pytest.raises(wv.UsageError, match=r"no layer matches \*\.kernel; the layers are: 0.weight, 0.bias"):
-            rec.step(0)
+            wv.record(model, layers="*.kernel", render=False)
+    with mlflow.start_run(), wv.record(lambda: dict(model.named_parameters()), layers="*.kernel",
+                                       render=False) as rec:
+        # A callable's layers are only known while training: then it is a warning, and training goes on.
+        with pytest.warns(wv.WeightvizWarning, match=r"no layer matches \*\.kernel; the layers are: 0.weight"):
+            assert rec.step(0) is False
+        assert rec.step(1) is False  # warned once only
+        assert rec.failures == 2
         with pytest.raises(wv.UsageError, match="step must be an integer"):
             rec.step(1.5)  # type: ignore[arg-type]
         with pytest.raises(wv.UsageError, match="must not be negative"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +14,19 @@ from mlflow_weightviz.errors import MissingDependencyError, UsageError
 if TYPE_CHECKING:
     from mlflow_weightviz.pipeline import RenderResult
 
-__all__ = ["RecordingCallback", "missing", "pick_every"]
+__all__ = ["RecordingCallback", "missing", "pick_every", "sharded"]
 
 
 def missing(framework: str, extra: str) -> MissingDependencyError:
     """The error raised when a callback's framework is not installed."""
     return MissingDependencyError(f"this callback needs {framework}: pip install 'mlflow-weightviz[{extra}]'")
+
+
+def sharded(model: Any) -> bool:
+    """Whether a model's parameters are sharded DTensors (FSDP2): then every rank takes part in recording."""
+    from mlflow_weightviz.capture.recorder import _has_dtensors
+
+    return _has_dtensors(model)
 
 
 def pick_every(unit_a: str, a: int | None, unit_b: str, b: int | None, default: tuple[str, int]) -> tuple[str, int]:
@@ -56,6 +63,9 @@ class RecordingCallback:
         chunk_steps: Snapshots in the first chunk file uploaded.
         max_uploads: Most chunk uploads per training run.
         buffer_dir: Where the local snapshot buffer goes.
+        reduce: Store layers larger than the grid (``max_rows`` × ``max_cols``, 64×64 by
+            default) as block mean, max-abs and RMS; ``False`` stores them whole.
+        crops: Regions stored exactly: ``{"layer": (slice(r0, r1), slice(c0, c1))}``.
         **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs,
             such as ``max_frames=50``.
 
@@ -67,12 +77,14 @@ class RecordingCallback:
                  artifact_path: str = "weights", render: bool = True, render_artifact_path: str = "weightviz",
                  run_id: str | None = None, tracking_uri: str | None = None, dtype: Any = None,
                  chunk_steps: int = DEFAULT_CHUNK_STEPS, max_uploads: int = DEFAULT_MAX_UPLOADS,
-                 buffer_dir: str | os.PathLike[str] | None = None, **render_options: Any) -> None:
+                 buffer_dir: str | os.PathLike[str] | None = None, reduce: bool = True,
+                 crops: Mapping[str, tuple[slice, slice]] | None = None, **render_options: Any) -> None:
         # unit and every are positional-only, so every=... from a user is an unknown render option.
         self._settings = RecordSettings.build(
             every=every, layers=layers, artifact_path=artifact_path, render=render,
             render_artifact_path=render_artifact_path, dtype=dtype, chunk_steps=chunk_steps,
-            max_uploads=max_uploads, buffer_dir=buffer_dir, render_options=render_options)
+            max_uploads=max_uploads, buffer_dir=buffer_dir, render_options=render_options, reduce=reduce,
+            crops=crops)
         self.unit = unit
         self._run_id = run_id
         self._tracking_uri = tracking_uri

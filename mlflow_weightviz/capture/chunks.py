@@ -4,6 +4,9 @@ A :class:`Segment` is one raw file of snapshots that share a :class:`Layout`: ea
 record is the step as int64, then every layer's bytes. :meth:`Segment.write_chunk`
 turns it into one ``chunk_<first>-<last>.npz`` of the canonical layout, one zip member
 (layer) at a time, so neither the snapshots nor a chunk are ever held in memory whole.
+A reduced layer ``L`` is three members ``L::mean``, ``L::maxabs``, ``L::rms``; the
+``__weightviz__`` member describing them (and crops) is part of the layout, written once
+per chunk, not stacked.
 
 Reading the raw file back uses ``os.pread``, which is POSIX-only.
 """
@@ -20,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from mlflow_weightviz.capture.reduce import META_KEY
 from mlflow_weightviz.snapshots import STEPS_KEY
 
 __all__ = ["Layout", "Segment"]
@@ -35,11 +39,15 @@ class Layout:
     names: tuple[str, ...]
     dtypes: tuple[np.dtype[Any], ...]
     shapes: tuple[tuple[int, ...], ...]
+    meta: bytes = b""
 
     @classmethod
     def of(cls, arrays: Mapping[str, np.ndarray]) -> Layout:
-        """The layout of one snapshot's arrays."""
-        return cls(tuple(arrays), tuple(a.dtype for a in arrays.values()), tuple(a.shape for a in arrays.values()))
+        """The layout of one snapshot's arrays (a ``__weightviz__`` member among them becomes ``meta``)."""
+        meta = arrays.get(META_KEY)
+        stacked = {k: a for k, a in arrays.items() if k != META_KEY}
+        return cls(tuple(stacked), tuple(a.dtype for a in stacked.values()), tuple(a.shape for a in stacked.values()),
+                   b"" if meta is None else np.asarray(meta, dtype=np.uint8).tobytes())
 
     def matches(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Whether ``arrays`` fit this layout's records."""
@@ -79,7 +87,8 @@ class Segment:
         """
         try:
             _write_all(self._fd, memoryview(np.asarray(step, _STEP_DTYPE).tobytes()))
-            for arr in arrays.values():
+            for name in self.layout.names:
+                arr = arrays[name]
                 _write_all(self._fd, np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)  # no copy
         except BaseException:  # a full disk, or Ctrl-C halfway through a record
             with contextlib.suppress(OSError):
@@ -123,6 +132,9 @@ class Segment:
                         np.lib.format.write_array_header_2_0(fh, header)
                         for row in range(self.count):
                             _copy_range(fd, row * self.record_bytes + start, size, fh)
+                if self.layout.meta:
+                    with zf.open(f"{META_KEY}.npy", "w", force_zip64=True) as fh:
+                        np.lib.format.write_array(fh, np.frombuffer(self.layout.meta, dtype=np.uint8))
         finally:
             os.close(fd)
         return target

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_weightviz.capture._callback import RecordingCallback, missing, pick_every
+from mlflow_weightviz.capture._callback import RecordingCallback, missing, pick_every, sharded
 
 try:
     import transformers
@@ -28,7 +28,8 @@ class TransformersCallback(RecordingCallback, transformers.TrainerCallback):
     optimizer steps (default 50), or every ``every_n_epochs`` epochs instead. When
     training ends the snapshots are flushed and the GIFs rendered and logged. ``Trainer``
     has no exception hook: wrap ``train()`` in ``with callback:`` to render after a failure
-    too (otherwise that happens when Python exits). Only the main process records.
+    too (otherwise that happens when Python exits). Only the main process records (with
+    sharded FSDP2 parameters every process reduces its shard for it).
 
     ::
 
@@ -53,11 +54,11 @@ class TransformersCallback(RecordingCallback, transformers.TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Open a recorder on the current run and record the starting weights."""
-        if not state.is_world_process_zero:
-            return
         if model is None:
             msg = "the Trainer passed no model to the callback"
             raise RuntimeError(msg)
+        if not state.is_world_process_zero and not sharded(model):
+            return  # data parallel: the main process records; sharded parameters need every rank
         self._start(model)
         self._step(state.global_step if self.unit == "steps" else int(round(state.epoch or 0)))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_weightviz.capture._callback import RecordingCallback, missing, pick_every
+from mlflow_weightviz.capture._callback import RecordingCallback, missing, pick_every, sharded
 
 try:
     import lightning.pytorch as pl
@@ -27,7 +27,8 @@ class LightningCallback(RecordingCallback, pl.Callback):
     done) with ``every_n_train_steps``, or epochs done with ``every_n_epochs`` (the
     default, N = 1); the weights when training starts are recorded too. At the end of
     training, and on an exception (``on_exception``), the snapshots are flushed and the
-    GIFs rendered and logged. Only the global-zero process records.
+    GIFs rendered and logged. Only the global-zero process records; with sharded (FSDP2)
+    parameters every rank reduces its own shard for it.
 
     ::
 
@@ -51,8 +52,8 @@ class LightningCallback(RecordingCallback, pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Open a recorder on the logger's (or the active) run and record the starting weights."""
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero and not sharded(pl_module):
+            return  # data parallel: rank 0 records; sharded parameters need every rank (see record())
         run_id, tracking_uri = _logger_run(trainer)
         self._start(pl_module, run_id=run_id, tracking_uri=tracking_uri)
         self._step(trainer.global_step if self.unit == "train_steps" else trainer.current_epoch)

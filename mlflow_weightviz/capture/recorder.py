@@ -11,6 +11,18 @@ How snapshots travel, so that RAM stays flat however long the run:
    uploads, and after ``max_uploads - 1`` uploads the rest waits for the last one, so a
    run of any length makes at most ``max_uploads`` uploads.
 
+A layer larger than the display grid (the render's ``max_rows`` × ``max_cols``, 64×64 by
+default) is reduced where it lives before anything is copied (see ``reduce.py``): the
+snapshot holds its block mean, max-abs and RMS, so a snapshot costs about
+``3 × 64 × 64 × 4`` bytes per big layer whatever its size. ``reduce=False`` keeps every
+layer whole; ``crops=`` keeps chosen regions exactly.
+
+Under ``torch.distributed`` one rank records (see ``_distributed.py``): rank 0 of the
+default process group, after every rank reduced its own shard when the parameters are
+sharded (FSDP2). A capture problem while training (a layer that cannot be read or
+reduced, a full disk, a failed upload) is a :class:`WeightvizWarning`, given once, and
+training goes on; only the arguments of :func:`record` raise, when it is called.
+
 On exit the buffer is flushed, then the run's snapshots are rendered to GIFs and logged
 to the run. If training raised, the same happens and the exception propagates.
 Recorders still open when Python exits are flushed and rendered then.
@@ -34,7 +46,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.capture._arrays import ndim, source_reader, weights_mapping
+from mlflow_weightviz.capture import _distributed
+from mlflow_weightviz.capture._arrays import ndim, snapshot_arrays, source_reader
 from mlflow_weightviz.capture.chunks import Layout, Segment
 from mlflow_weightviz.capture.settings import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, DOUBLE_EVERY, RecordSettings
 from mlflow_weightviz.errors import OutputError, UsageError, WeightvizError
@@ -74,9 +87,19 @@ class Recorder:
                  tracking_uri: str | None = None, warn_repeats: bool = True) -> None:
         self.settings = settings or RecordSettings()
         self._read = source_reader(source)
-        self._client: MlflowClient = _tracking.client(tracking_uri)
-        self.tracking_uri: str = str(self._client.tracking_uri)
-        self.run_id = _resolve_run(self._client, run_id)
+        self._world = _distributed.world()
+        self._sharded = self._world is not None and _has_dtensors(source)
+        # Who does what: "solo" records alone, "lead" records from every rank's shard,
+        # "helper" sends its shard to the lead, "idle" (data-parallel rank > 0) does nothing.
+        rank = 0 if self._world is None else self._world[0]
+        self._role = ("lead" if rank == 0 else "helper") if self._sharded else ("solo" if rank == 0 else "idle")
+        if self._writes:
+            self._client: MlflowClient = _tracking.client(tracking_uri)
+            self.tracking_uri: str = str(self._client.tracking_uri)
+            self.run_id = _resolve_run(self._client, run_id)
+        else:  # other ranks never talk to MLflow: they need no run
+            self.tracking_uri = tracking_uri or ""
+            self.run_id = run_id or ""
         self._warn_repeats = warn_repeats
         self.snapshots = 0
         self.last_step: int | None = None
@@ -84,17 +107,50 @@ class Recorder:
         self.artifact_paths: list[str] = []
         self.result: RenderResult | None = None
         self.closed = False
+        self.failures = 0
         self._selection: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._segment: Segment | None = None
         self._sealed: list[Segment] = []
         self._segments_made = 0
         self._retry_at = 0
-        parent = self.settings.buffer_dir
-        if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="weightviz-record-",
-                                          dir=None if parent is None else os.fspath(parent)))
-        _register(self)
+        if _fsdp1(source):
+            warnings.warn("this model is wrapped in FSDP1 (FullyShardedDataParallel): its parameters are flat "
+                          "shards, so rank 0 would record only its own shard; use FSDP2 (fully_shard), "
+                          "which mlflow-weightviz records whole", WeightvizWarning, stacklevel=3)
+        if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
+            self._check_selection()
+        self._dir = Path()
+        if self._writes:
+            parent = self.settings.buffer_dir
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="weightviz-record-",
+                                              dir=None if parent is None else os.fspath(parent)))
+            _register(self)
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process buffers, uploads and renders (rank 0, or not distributed)."""
+        return self._role in ("solo", "lead")
+
+    @property
+    def records(self) -> bool:
+        """Whether this process records: ``False`` on the ranks other than 0 of data-parallel training."""
+        return self._role != "idle"
+
+    def _check_selection(self) -> None:
+        try:
+            current = self._read()
+            names = {str(k) for k in current}
+        except Exception:  # reading fails later, with a warning, if at all
+            return
+        if not names:
+            return
+        self._select(current)
+        for layer, _, _ in self.settings.crops:
+            if layer not in names:
+                msg = f"crops: no layer {layer!r}; the layers are: {_listing(sorted(names))}"
+                raise UsageError(msg)
 
     # -- the training loop's side
 
@@ -102,11 +158,14 @@ class Recorder:
         """Take a snapshot if ``step`` is divisible by ``every``; returns whether one was taken.
 
         Steps must increase: a step at or before the latest snapshot is skipped (with a
-        warning), so nothing is recorded twice.
+        warning), so nothing is recorded twice. A snapshot that cannot be taken (the
+        source raises, a layer cannot be reduced, the disk is full) is skipped with a
+        :class:`WeightvizWarning`, given once; training goes on. On data-parallel ranks
+        other than 0 this returns ``False`` at once; with sharded parameters every rank
+        must call it at the same steps.
 
         Raises:
-            UsageError: ``step`` is not a non-negative integer, no layer matches, or the
-                recorder is closed.
+            UsageError: ``step`` is not a non-negative integer, or the recorder is closed.
         """
         if self.closed:
             msg = "this recorder is closed; start a new one with record(...)"
@@ -119,15 +178,21 @@ class Recorder:
         if step < 0:
             msg = f"step must not be negative; got {step}"
             raise UsageError(msg)
-        if step % self.settings.every:
+        if self._role == "idle" or step % self.settings.every:
             return False
         if self.last_step is not None and step <= self.last_step:
             if self._warn_repeats:
                 warnings.warn(f"step {step} is not after the latest snapshot (step {self.last_step}); skipped",
                               WeightvizWarning, stacklevel=2)
             return False
-        self._capture(step)
-        return True
+        if self._sharded:
+            return self._capture_sharded(step)
+        try:
+            arrays = self._snapshot()
+        except Exception as err:  # a capture problem never stops training
+            self._capture_failed(step, err)
+            return False
+        return self._store(step, arrays)
 
     def flush(self) -> list[str]:
         """Log every buffered snapshot to the run now; returns the artifact paths logged.
@@ -157,6 +222,8 @@ class Recorder:
             return self.result
         self.closed = True
         _OPEN.discard(self)
+        if not self._writes:
+            return None
         try:
             self._final_flush()
             if self.settings.render and self.snapshots and (exc is None or isinstance(exc, Exception)):
@@ -196,21 +263,77 @@ class Recorder:
 
     # -- inside
 
-    def _capture(self, step: int) -> None:
-        arrays = weights_mapping(self._select(self._read()), self.settings.dtype)
+    def _snapshot(self) -> dict[str, Any]:
+        current = self._read()
+        names = self._select(current)
+        values = {str(k): v for k, v in current.items()}
+        settings = self.settings
+        return snapshot_arrays({n: values[n] for n in names}, dtype=settings.dtype, grid=settings.grid,
+                               reduce=settings.reduce, crops=settings.crops, everything=values)
+
+    def _capture_failed(self, step: int, err: BaseException, where: str = "") -> None:
+        self.failures += 1
+        if self.failures == 1:
+            warnings.warn(f"could not take the snapshot of step {step}{where}: {type(err).__name__}: {err}; "
+                          "training goes on without it (later capture problems are not reported again)",
+                          WeightvizWarning, stacklevel=4)
+
+    def _capture_sharded(self, step: int) -> bool:
+        """Every rank reduces its shard; the ranks agree nothing failed; rank 0 gathers and stores."""
+        assert self._world is not None
+        rank, size = self._world
+        settings = self.settings
+        kw: dict[str, Any] = {"rank": rank, "grid": settings.grid, "reduce": settings.reduce,
+                              "dtype": settings.dtype, "crops": settings.crops}
+        failure: str | None = None
+        piece: _distributed.Piece | None = None
+        current: Mapping[str, Any] = {}
+        try:
+            current = self._read()
+            piece = _distributed.local_pieces(current, self._select(current), **kw)
+        except Exception as err:  # still take part in the collectives below
+            failure = f"{type(err).__name__}: {err}"
+            self._capture_failed(step, err)
+        try:
+            failures = _distributed.agree(failure, size)
+            bad = [(r, f) for r, f in enumerate(failures) if f is not None]
+            if bad:
+                if failure is None:
+                    r, f = bad[0]
+                    self._capture_failed(step, RuntimeError(f), f" on rank {r} (skipped on every rank)")
+                return False
+            assert piece is not None
+            _distributed.assemble(piece, current, **kw)
+            pieces = _distributed.gather(piece, rank, size)
+        except Exception as err:
+            self._capture_failed(step, err)
+            return False
+        self.last_step = step  # on every rank alike, so later steps stay in step
+        if pieces is None:
+            return True
+        try:
+            arrays = _distributed.combine(pieces)
+        except Exception as err:
+            self._capture_failed(step, err)
+            return False
+        return self._store(step, arrays)
+
+    def _store(self, step: int, arrays: Mapping[str, Any]) -> bool:
+        """Buffer one snapshot and upload a chunk when one is full; problems are warnings."""
         if self._segment is not None and not self._segment.layout.matches(arrays):
             self._segment.close()  # the layers changed: the next chunk starts here
             self._sealed.append(self._segment)
             self._segment = None
-        if self._segment is None:
-            self._segments_made += 1
-            self._segment = Segment(self._dir / f"segment-{self._segments_made}.raw", Layout.of(arrays))
-        segment = self._segment
         try:
+            if self._segment is None:
+                self._segments_made += 1
+                self._segment = Segment(self._dir / f"segment-{self._segments_made}.raw", Layout.of(arrays))
+            segment = self._segment
             segment.append(step, arrays)
         except OSError as exc:
-            msg = f"cannot buffer the snapshot of step {step} in {self._dir}: {exc.strerror or exc}"
-            raise OutputError(msg) from exc
+            err = OutputError(f"cannot buffer the snapshot of step {step} in {self._dir}: {exc.strerror or exc}")
+            self._capture_failed(step, err)
+            return False
         self.snapshots += 1
         self.last_step = step
         if segment.count >= max(self._capacity(), self._retry_at) and self.uploads < self.settings.max_uploads - 1:
@@ -219,17 +342,17 @@ class Recorder:
             except WeightvizError as err:
                 # Keep training: the snapshots stay on disk and go with a later chunk.
                 self._retry_at = segment.count + self._capacity()
-                warnings.warn(f"could not log snapshots yet, will retry: {err}", WeightvizWarning, stacklevel=3)
+                warnings.warn(f"could not log snapshots yet, will retry: {err}", WeightvizWarning, stacklevel=4)
+        return True
 
     def _capacity(self) -> int:
         return int(self.settings.chunk_steps << (self.uploads // DOUBLE_EVERY))
 
-    def _select(self, current: Mapping[str, Any]) -> dict[str, Any]:
+    def _select(self, current: Mapping[str, Any]) -> tuple[str, ...]:
         names = tuple(str(k) for k in current)
         if self._selection is None or self._selection[0] != names:
             self._selection = (names, self._choose(current, names))
-        values = {str(k): v for k, v in current.items()}
-        return {n: values[n] for n in self._selection[1]}
+        return self._selection[1]
 
     def _choose(self, current: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, ...]:
         globs = self.settings.layers
@@ -299,6 +422,31 @@ class Recorder:
         self._sealed.clear()
         self._segment = None
         return kept
+
+
+def _has_dtensors(source: Any) -> bool:
+    """Whether the source's parameters are sharded DTensors (FSDP2); callables are not looked into."""
+    if callable(getattr(source, "named_parameters", None)):
+        return any(_distributed.is_dtensor(p) for _, p in source.named_parameters())
+    if isinstance(source, Mapping):
+        return any(_distributed.is_dtensor(v) for v in source.values())
+    return False
+
+
+def _fsdp1(source: Any) -> bool:
+    modules = getattr(source, "modules", None)
+    if not callable(modules) or _distributed.world() is None:
+        return False
+    try:
+        return any(type(m).__name__ == "FullyShardedDataParallel" for m in modules())
+    except Exception:  # only a hint: never fail because of it
+        return False
+
+
+def _readable_now(source: Any) -> bool:
+    """Whether reading the source now is harmless: a torch module or a mapping (not Keras, not a callable)."""
+    return isinstance(source, Mapping) or (
+        callable(getattr(source, "named_parameters", None)) and not callable(getattr(source, "get_weights", None)))
 
 
 def _resolve_run(client: MlflowClient, run_id: str | None) -> str:
@@ -375,7 +523,8 @@ def record(source: Any, *, every: int = 1, layers: str | Sequence[str] | None = 
            artifact_path: str = "weights", render: bool = True, run_id: str | None = None,
            tracking_uri: str | None = None, dtype: Any = None, chunk_steps: int = DEFAULT_CHUNK_STEPS,
            max_uploads: int = DEFAULT_MAX_UPLOADS, buffer_dir: str | os.PathLike[str] | None = None,
-           render_artifact_path: str = "weightviz", **render_options: Any) -> Recorder:
+           render_artifact_path: str = "weightviz", reduce: bool = True,
+           crops: Mapping[str, tuple[slice, slice]] | None = None, **render_options: Any) -> Recorder:
     """Record a model's weights during training into an MLflow run, and render GIFs at the end.
 
     ::
@@ -401,8 +550,21 @@ def record(source: Any, *, every: int = 1, layers: str | Sequence[str] | None = 
         max_uploads: Most chunk uploads for the whole recording, however long it runs.
         buffer_dir: Where the local buffer folder goes; defaults to the system's temp folder.
         render_artifact_path: Folder of the GIFs in the run.
+        reduce: Store a layer larger than the grid as its block mean, max-abs and RMS
+            (``<layer>::mean`` ...), computed on the layer's own device; ``False`` stores
+            every layer whole. The grid is the render options' ``max_rows`` × ``max_cols``
+            (64×64 unless given), so ``max_rows=128`` sets both what is stored and what is drawn.
+        crops: Regions stored exactly, as their own layers ``<layer>[r0:r1,c0:c1]``:
+            ``{"fc.weight": (slice(0, 32), slice(100, 164))}`` (rows and columns of the
+            layer's 2-D view, step 1; bounds are clipped to the layer).
         **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs,
             such as ``max_frames=50`` or ``cmap="viridis"``.
+
+    Under ``torch.distributed`` (call ``record`` after ``init_process_group``, on every
+    rank): with data parallelism (DDP) rank 0 of the default group records and
+    ``rec.step()`` does nothing elsewhere; with sharded parameters (FSDP2 DTensors) every
+    rank must call ``rec.step()`` at the same steps, each reduces its own shard, and
+    rank 0 combines, uploads and renders.
 
     Returns:
         A :class:`Recorder`; as a context manager it flushes and renders on exit, also
@@ -415,5 +577,5 @@ def record(source: Any, *, every: int = 1, layers: str | Sequence[str] | None = 
     settings = RecordSettings.build(every=every, layers=layers, artifact_path=artifact_path, render=render,
                                     render_artifact_path=render_artifact_path, dtype=dtype,
                                     chunk_steps=chunk_steps, max_uploads=max_uploads, buffer_dir=buffer_dir,
-                                    render_options=render_options)
+                                    render_options=render_options, reduce=reduce, crops=crops)
     return Recorder(source, settings, run_id=run_id, tracking_uri=tracking_uri)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_weightviz.capture._arrays import Crop, check_crops
 from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.options import RenderOptions
 
@@ -40,7 +41,9 @@ class RecordSettings:
         chunk_steps: Snapshots in the first chunk file.
         max_uploads: Most chunk uploads of one recorder.
         buffer_dir: Where the local buffer folder is made; defaults to the system's temp folder.
-        options: How the GIFs are drawn.
+        options: How the GIFs are drawn; its ``max_rows`` × ``max_cols`` is also the capture grid.
+        reduce: Store layers larger than the grid as block statistics (mean, max-abs, RMS).
+        crops: Exact regions stored as their own layers: (layer, (row start, stop), (col start, stop)).
     """
 
     every: int = 1
@@ -53,13 +56,21 @@ class RecordSettings:
     max_uploads: int = DEFAULT_MAX_UPLOADS
     buffer_dir: Path | None = None
     options: RenderOptions = RenderOptions()
+    reduce: bool = True
+    crops: tuple[Crop, ...] = ()
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The capture grid: the render's ``max_rows`` × ``max_cols``, so one keyword sets both."""
+        return (self.options.max_rows, self.options.max_cols)
 
     @classmethod
     def build(cls, *, every: int = 1, layers: str | Sequence[str] | None = None, artifact_path: str = "weights",
               render: bool = True, render_artifact_path: str = "weightviz", dtype: Any = None,
               chunk_steps: int = DEFAULT_CHUNK_STEPS, max_uploads: int = DEFAULT_MAX_UPLOADS,
               buffer_dir: str | os.PathLike[str] | None = None,
-              render_options: Mapping[str, Any] | None = None) -> RecordSettings:
+              render_options: Mapping[str, Any] | None = None, reduce: bool = True,
+              crops: Mapping[str, tuple[slice, slice]] | None = None) -> RecordSettings:
         """Check every argument and build the settings.
 
         Raises:
@@ -88,7 +99,8 @@ class RecordSettings:
                    render_artifact_path=render_artifact_path.strip("/"), dtype=_dtype(dtype),
                    chunk_steps=chunk_steps, max_uploads=max_uploads,
                    buffer_dir=Path(buffer_dir) if buffer_dir is not None else None,
-                   options=render_options_from(render_options or {}))
+                   options=render_options_from(render_options or {}), reduce=bool(reduce),
+                   crops=check_crops(crops))
 
 
 def render_options_from(values: Mapping[str, Any]) -> RenderOptions:

@@ -1,0 +1,417 @@
+"""Block statistics of a big layer, computed where the layer lives, so only the small result is copied.
+
+A layer is seen as the 2-D matrix the renderer draws (``grid.matrix_shape``) and cut into
+the blocks ``grid.to_grid`` pools: ``br = ceil(rows / max_rows)``, ``bc = ceil(cols / max_cols)``,
+ragged edge blocks having fewer values. Per block three float32 statistics are kept: the
+NaN-skipping mean, the value of largest magnitude with its sign (ties: the first in
+row-major order), and the root mean square.
+
+How it is computed, so that nothing big is copied and memory stays bounded:
+
+1. The matrix is read in bands of rows (at most :data:`BAND_VALUES` values each; only a
+   band is ever upcast, so a bf16/fp16 layer never gets a float32 copy of its own size).
+2. Per row and block column: the sum, the sum of squares, the count of non-NaN values
+   and the signed peak, with reductions over the contiguous last axis (fast, no copy).
+   Rows with a NaN or an infinity take a slower NaN-skipping path.
+3. Rows are merged into block rows on the same device (a few small arrays), and only
+   the ``(block rows, grid cols)`` result is copied to the host, as a :class:`Partial`.
+
+Partials of different row ranges add up (:meth:`Partial.merge`): that is how the shards of
+a sharded layer (each rank holding some rows) combine into the statistics of the whole.
+
+Torch tensors are reduced with torch on their own device (accumulating in float32, or
+float64 for float64 layers); numpy arrays with numpy. Other array types (TensorFlow,
+JAX, Keras variables on other backends) are first converted to numpy, a host copy of
+that one layer, then reduced the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlflow_weightviz.grid import matrix_shape
+
+__all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "dtype_name", "is_torch", "metadata_array",
+           "partial_of", "plan", "reduce_layer"]
+
+#: The member of a snapshot file that describes its reduced layers and crops.
+META_KEY = "__weightviz__"
+#: The statistics stored per block, as ``<layer>::<stat>`` arrays.
+STATS = ("mean", "maxabs", "rms")
+_Four = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
+#: Values reduced together on the CPU, to stay in the processor's cache.
+CACHE_VALUES = 1 << 18
+#: Values reduced at once; bounds the extra memory a reduction takes on the layer's device.
+BAND_VALUES = 1 << 24
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one layer maps onto the display grid.
+
+    Attributes:
+        shape: The layer's shape.
+        matrix: The 2-D shape it is drawn as.
+        block: Rows × columns of one block.
+        grid: Blocks down × across.
+    """
+
+    shape: tuple[int, ...]
+    matrix: tuple[int, int]
+    block: tuple[int, int]
+    grid: tuple[int, int]
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the layer is larger than the grid (and so stored as block statistics)."""
+        return self.block != (1, 1)
+
+    def describe(self, dtype: str) -> dict[str, Any]:
+        """This layer's entry in the ``__weightviz__`` metadata."""
+        return {"kind": "reduced", "shape": list(self.shape), "matrix": list(self.matrix),
+                "block": list(self.block), "grid": list(self.grid), "dtype": dtype}
+
+
+def plan(shape: tuple[int, ...], max_rows: int, max_cols: int) -> BlockPlan:
+    """The block layout of a layer of ``shape`` on a ``max_rows`` × ``max_cols`` grid (as ``grid.to_grid``)."""
+    rows, cols = matrix_shape(tuple(int(d) for d in shape))
+    br, bc = max(1, math.ceil(rows / max_rows)), max(1, math.ceil(cols / max_cols))
+    gr, gc = math.ceil(rows / br), math.ceil(cols / bc)
+    return BlockPlan(tuple(int(d) for d in shape), (rows, cols), (br, bc), (gr, gc))
+
+
+def dtype_name(value: Any) -> str:
+    """The dtype of a tensor or array as a short name (``float32``, ``bfloat16``)."""
+    dtype = getattr(value, "dtype", None)
+    return str(dtype if dtype is not None else np.asarray(value).dtype).removeprefix("torch.")
+
+
+def is_torch(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch."""
+    return any(c.__module__.startswith("torch") and c.__name__ == "Tensor" for c in type(value).__mro__)
+
+
+def metadata_array(layers: dict[str, dict[str, Any]]) -> np.ndarray:
+    """The ``__weightviz__`` member: the UTF-8 JSON description as a 1-D uint8 array."""
+    text = json.dumps({"version": 1, "layers": layers}, sort_keys=True)
+    return np.frombuffer(text.encode(), dtype=np.uint8).copy()
+
+
+@dataclass
+class Partial:
+    """Running block statistics of some rows of a layer; merges with the partials of other rows.
+
+    All arrays have the grid's shape, as float64: ``total`` and ``squares`` sum the values
+    and their squares, ``count`` the values that are not NaN, ``peak`` holds the value of
+    largest magnitude seen so far (NaN where none).
+    """
+
+    total: np.ndarray
+    squares: np.ndarray
+    count: np.ndarray
+    peak: np.ndarray
+
+    @classmethod
+    def empty(cls, grid: tuple[int, int]) -> Partial:
+        """Statistics of no values."""
+        return cls(np.zeros(grid), np.zeros(grid), np.zeros(grid), np.full(grid, np.nan))
+
+    def add_rows(self, start: int, total: np.ndarray, squares: np.ndarray, count: np.ndarray,
+                 peak: np.ndarray) -> None:
+        """Add the statistics of block rows ``start, start + 1, ...``, from rows after those already added."""
+        end = start + total.shape[0]
+        self.total[start:end] += total
+        self.squares[start:end] += squares
+        self.count[start:end] += count
+        mine = self.peak[start:end]
+        # Strictly larger only: on a tie the earlier value (earlier in row-major order) stays.
+        better = _magnitude(peak) > _magnitude(mine)
+        mine[better] = peak[better]
+
+    def merge(self, later: Partial) -> None:
+        """Add another partial of rows that come after this one's."""
+        self.add_rows(0, later.total, later.squares, later.count, later.peak)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """The stored statistics: ``mean``, ``maxabs`` and ``rms`` as float32 arrays."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = self.total / self.count
+            rms = np.sqrt(self.squares / self.count)
+        return {"mean": mean.astype(np.float32), "maxabs": self.peak.astype(np.float32),
+                "rms": rms.astype(np.float32)}
+
+
+def _magnitude(peak: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(peak), -1.0, np.abs(peak))
+
+
+def reduce_layer(value: Any, blocks: BlockPlan) -> dict[str, np.ndarray]:
+    """The block statistics (``mean``, ``maxabs``, ``rms``) of a whole layer."""
+    return partial_of(value, 0, blocks).stats()
+
+
+def partial_of(value: Any, row0: int, blocks: BlockPlan) -> Partial:
+    """The block statistics of ``value``: the rows ``row0, row0 + 1, ...`` of the layer's 2-D matrix.
+
+    ``value`` is the whole layer (``row0 = 0``) or some of its leading rows, e.g. a shard
+    (any shape whose first dimension is rows and the rest flatten to the layer's columns).
+    """
+    cols = blocks.matrix[1]
+    if is_torch(value):
+        tensor = value.detach()
+        if tensor.device.type != "cpu" or str(tensor.dtype) not in _NUMPY_FRIENDLY:
+            return _torch_partial(tensor, row0, blocks)
+        # On the CPU numpy reads the same memory (no copy) and its single-threaded
+        # reductions do not pay a thread-pool round trip per call, so they are faster here.
+        value = tensor.numpy()
+    from mlflow_weightviz.capture._arrays import to_numpy
+
+    arr = value if isinstance(value, np.ndarray) else to_numpy(value)
+    rows = int(arr.size // cols) if cols else 0
+    return _numpy_partial(arr.reshape(rows, cols), row0, blocks)
+
+
+def _band_rows(cols: int) -> int:
+    return max(1, BAND_VALUES // max(1, cols))
+
+
+# ------------------------------------------------------------------------------ numpy
+
+
+def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan) -> Partial:
+    out = Partial.empty(blocks.grid)
+    br, bc = blocks.block
+    step = _band_rows(mat.shape[1])
+    # Bands start on block-row boundaries of the whole matrix, so each adds whole block rows.
+    first = min(mat.shape[0], -row0 % br) or min(mat.shape[0], step)
+    starts = [0, *range(first, mat.shape[0], step)] if mat.shape[0] else []
+    for i, a in enumerate(starts):
+        b = starts[i + 1] if i + 1 < len(starts) else mat.shape[0]
+        band = mat[a:b]
+        if band.dtype.kind == "c":
+            band = np.abs(band)
+        acc = np.float64 if band.dtype == np.float64 else np.float32
+        if band.dtype not in (np.float32, np.float64):
+            band = band.astype(acc)
+        g = row0 + a
+        head = min(band.shape[0], -g % br)
+        whole = (band.shape[0] - head) // br * br
+        if head:  # the end of a block row begun before these rows
+            out.add_rows(g // br, *_numpy_blocks(*_numpy_rows(band[:head], bc, acc), g % br, br))
+        if whole:
+            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc))
+        if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
+            out.add_rows((g + head + whole) // br,
+                         *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
+    return out
+
+
+def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarray, ...]:
+    """Block statistics of whole block rows.
+
+    First down the rows of each block (vectorised over the contiguous columns), then across
+    the columns, a few block rows at a time to stay in the cache.
+    """
+    k, cols = band.shape[0] // br, band.shape[1]
+    gc = -(-cols // bc)
+    out = tuple(np.empty((k, gc)) for _ in range(4))
+    step = max(1, CACHE_VALUES // max(1, br * cols))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(0, k, step):
+            part = band[i * br:(i + step) * br]
+            m = part.shape[0] // br
+            cube = part.reshape(m, br, cols)
+            s = _across(cube.sum(1, dtype=acc), bc, np.add)
+            if not np.isfinite(s).all():  # a NaN or an infinity: the slower NaN-skipping path
+                found = _numpy_blocks(*_numpy_rows(part, bc, acc), 0, br)
+            else:
+                rows_sq = np.concatenate([np.einsum("ijk,ijk->ij", x, x, dtype=acc)
+                                          for x in _split_columns(part, bc)], axis=1)
+                sq = rows_sq.reshape(m, br, gc).sum(1, dtype=np.float64)
+                hi = _across(cube.max(1), bc, np.maximum).astype(np.float64)
+                lo = _across(cube.min(1), bc, np.minimum).astype(np.float64)
+                peak = np.where(hi >= -lo, hi, lo)
+                for a, c in zip(*np.nonzero((hi == -lo) & (hi != 0)), strict=True):
+                    # +x and -x both present: the first in row-major order wins
+                    block = part[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
+                    peak[a, c] = block[np.abs(block).argmax()]
+                sizes = np.array([x.shape[-1] for x in _split_columns(part[:1], bc) for _ in range(x.shape[1])])
+                found = (s.astype(np.float64), sq, np.broadcast_to(sizes * float(br), (m, gc)), peak)
+            for dest, value in zip(out, found, strict=True):
+                dest[i:i + m] = value
+    return out
+
+
+def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
+    """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``."""
+    return np.concatenate([op.reduce(x, axis=-1) for x in _split_columns(arr, bc)], axis=1)
+
+
+def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> _Four:
+    """Per row and block column: sum, sum of squares, non-NaN count, signed peak."""
+    found = [_numpy_segments(p, acc) for p in _split_columns(band, bc)]
+    s, sq, n, pk = (np.concatenate([f[k] for f in found], axis=1) for k in range(4))
+    return s, sq, n, pk
+
+
+def _numpy_segments(x: np.ndarray, acc: Any) -> tuple[np.ndarray, ...]:
+    with np.errstate(invalid="ignore", over="ignore"):
+        s, sq, hi, lo = (np.empty(x.shape[:2], dtype=acc) for _ in range(4))
+        # A few rows at a time, so that the four reductions read them from the cache
+        # and the layer streams through memory about once.
+        step = max(1, CACHE_VALUES // max(1, x.shape[1] * x.shape[2]))
+        for r in range(0, x.shape[0], step):
+            part = x[r:r + step]
+            part.sum(-1, dtype=acc, out=s[r:r + step])
+            np.einsum("ijk,ijk->ij", part, part, dtype=acc, out=sq[r:r + step])
+            part.max(-1, out=hi[r:r + step])
+            part.min(-1, out=lo[r:r + step])
+        if np.isfinite(s).all():
+            peak = np.where(hi >= -lo, hi, lo)
+            tie = (hi == -lo) & (hi != 0)
+            if tie.any():
+                i, j = np.nonzero(tie)
+                seg = x[i, j]
+                peak[i, j] = seg[np.arange(len(i)), np.abs(seg).argmax(-1)]
+            return s, sq, np.full(s.shape, x.shape[-1], dtype=np.float64), peak
+        nan = np.isnan(x)
+        z = np.where(nan, 0, x)
+        mag = np.where(nan, -1, np.abs(x))
+        idx = mag.argmax(-1)
+        peak = np.take_along_axis(x, idx[..., None], -1)[..., 0]
+        return (z.sum(-1, dtype=acc), np.einsum("ijk,ijk->ij", z, z, dtype=acc),
+                (~nan).sum(-1).astype(np.float64), peak)
+
+
+def _numpy_blocks(s: np.ndarray, sq: np.ndarray, n: np.ndarray, pk: np.ndarray, skip: int,
+                  br: int) -> tuple[np.ndarray, ...]:
+    """Merge per-row statistics into block rows; the first block row misses its first ``skip`` rows."""
+    rows = s.shape[0]
+    pad = (skip, -(skip + rows) % br)
+    fill = [(0.0, s), (0.0, sq), (0.0, n), (np.nan, pk)]
+    s, sq, n, pk = (np.pad(a.astype(np.float64), (pad, (0, 0)), constant_values=c) for c, a in fill)
+    k = s.shape[0] // br
+    s, sq, n, pk = (a.reshape(k, br, -1) for a in (s, sq, n, pk))
+    idx = _magnitude(pk).argmax(1)
+    peak = np.take_along_axis(pk, idx[:, None, :], 1)[:, 0, :]
+    return s.sum(1), sq.sum(1), n.sum(1), peak
+
+
+# ------------------------------------------------------------------------------ torch
+
+
+def _torch_partial(tensor: Any, row0: int, blocks: BlockPlan) -> Partial:
+    import torch
+
+    out = Partial.empty(blocks.grid)
+    cols = blocks.matrix[1]
+    br, bc = blocks.block
+    if tensor.is_complex():
+        tensor = tensor.abs()
+    rows = int(tensor.numel() // cols) if cols else 0
+    mat = tensor.reshape(rows, cols)
+    acc = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    # On the CPU the small per-row arrays go to numpy at once (no copy): tiny torch ops cost a
+    # thread-pool round trip each. On an accelerator they stay there until merged into block rows.
+    host = _on_host(mat)
+    step = _band_rows(cols)
+    first = min(rows, -row0 % br) or min(rows, step)
+    starts = [0, *range(first, rows, step)] if rows else []
+    with torch.no_grad():
+        for i, a in enumerate(starts):
+            b = starts[i + 1] if i + 1 < len(starts) else rows
+            band = mat[a:b]
+            if not band.is_floating_point():
+                band = band.to(acc)
+            parts = _split_columns(band, bc)
+            if host:
+                found = [_torch_segments_host(p, acc) for p in parts]
+                s, sq, n, pk = (np.concatenate([f[k] for f in found], axis=1) for k in range(4))
+                merged = _numpy_blocks(s, sq, n, pk, (row0 + a) % br, br)
+            else:
+                dev = [_torch_segments(p, acc) for p in parts]
+                ds, dsq, dn, dpk = (torch.cat([f[k] for f in dev], dim=1) for k in range(4))
+                blocks_dev = _torch_blocks(ds, dsq, dn, dpk, (row0 + a) % br, br)
+                host_copy = torch.stack(blocks_dev).to("cpu", torch.float64).numpy()  # the only copy to the host
+                merged = (host_copy[0], host_copy[1], host_copy[2], host_copy[3])
+            out.add_rows((row0 + a) // br, *merged)
+    return out
+
+
+def _on_host(tensor: Any) -> bool:
+    return bool(tensor.device.type == "cpu")
+
+
+def _split_columns(band: Any, bc: int) -> list[Any]:
+    """The band as (rows, blocks, bc) views: the full block columns, then the ragged last one."""
+    rows, cols = band.shape
+    full = cols // bc
+    parts = []
+    if full:
+        parts.append(band[:, :full * bc].reshape(rows, full, bc))
+    if cols > full * bc:
+        parts.append(band[:, full * bc:].reshape(rows, 1, cols - full * bc))
+    return parts
+
+
+def _torch_segments_host(x: Any, acc: Any) -> tuple[np.ndarray, ...]:
+    """:func:`_torch_segments` for a CPU tensor: the four big reductions in torch, the rest in numpy."""
+    import torch
+
+    s = x.sum(-1, dtype=acc).numpy()
+    if not np.isfinite(s).all():
+        return tuple(t.numpy() for t in _torch_segments(x, acc))
+    sq = torch.linalg.vector_norm(x, 2, dim=-1, dtype=acc).numpy().astype(np.float64) ** 2
+    hi, lo = (t.to(acc).numpy() if t.dtype != acc else t.numpy() for t in (x.amax(-1), x.amin(-1)))
+    peak = np.where(hi >= -lo, hi, lo)
+    tie = (hi == -lo) & (hi != 0)
+    if tie.any():
+        i, j = np.nonzero(tie)
+        seg = x[torch.from_numpy(i), torch.from_numpy(j)]
+        peak[i, j] = seg.gather(-1, seg.abs().argmax(-1, keepdim=True))[:, 0].to(acc).numpy()
+    return s, sq, np.full(s.shape, x.shape[-1], dtype=np.float64), peak
+
+
+def _torch_segments(x: Any, acc: Any) -> tuple[Any, ...]:
+    """Per row and block column of ``x`` (rows, blocks, width): sum, sum of squares, count, signed peak."""
+    import torch
+
+    s = x.sum(-1, dtype=acc)
+    if bool(torch.isfinite(s).all()):
+        sq = torch.linalg.vector_norm(x, 2, dim=-1, dtype=acc) ** 2
+        hi, lo = x.amax(-1).to(acc), x.amin(-1).to(acc)
+        peak = torch.where(hi >= -lo, hi, lo)
+        tie = (hi == -lo) & (hi != 0)
+        if bool(tie.any()):
+            i, j = tie.nonzero(as_tuple=True)
+            seg = x[i, j]
+            peak[i, j] = seg.gather(-1, seg.abs().argmax(-1, keepdim=True))[:, 0].to(acc)
+        return s, sq, torch.full_like(s, x.shape[-1]), peak
+    y = x.to(acc)
+    nan = torch.isnan(y)
+    z = torch.where(nan, torch.zeros((), dtype=acc, device=y.device), y)
+    mag = torch.where(nan, torch.full((), -1.0, dtype=acc, device=y.device), y.abs())
+    peak = y.gather(-1, mag.argmax(-1, keepdim=True))[..., 0]
+    return z.sum(-1), (z * z).sum(-1), (~nan).sum(-1).to(acc), peak
+
+
+def _torch_blocks(s: Any, sq: Any, n: Any, pk: Any, skip: int, br: int) -> list[Any]:
+    import torch
+    import torch.nn.functional as F
+
+    rows = s.shape[0]
+    pad = (0, 0, skip, -(skip + rows) % br)
+    s, sq, n = (F.pad(a, pad, value=0.0) for a in (s, sq, n))
+    pk = F.pad(pk, pad, value=float("nan"))
+    k = s.shape[0] // br
+    s, sq, n, pk = (a.reshape(k, br, -1) for a in (s, sq, n, pk))
+    mag = torch.where(torch.isnan(pk), torch.full_like(pk, -1.0), pk.abs())
+    peak = pk.gather(1, mag.argmax(1, keepdim=True))[:, 0, :]
+    return [s.sum(1), sq.sum(1), n.sum(1), peak]
+
