@@ -57,16 +57,33 @@ def image_key(stem: str, prefix: str = "weightviz") -> str:
 
 
 def unique_names(layers: Iterable[str]) -> dict[str, str]:
-    """Safe, distinct file stems for layers whose safe names would collide."""
+    """Safe, distinct file stems for ``layers``, distinct also when compared case-insensitively.
+
+    A layer whose name is already a safe name keeps it (``fc1`` is always ``fc1.gif``);
+    the others get :func:`safe_name`, and where that is taken (``.fc1`` and ``fc1``, or
+    ``FC1`` and ``fc1`` on a case-insensitive file system) a hash suffix, itself checked
+    against every name taken so far, so no two layers ever share a file.
+    """
+    order = list(layers)
+    stems = {layer: safe_name(layer) for layer in order}
     out: dict[str, str] = {}
-    used: set[str] = set()
-    for layer in layers:
-        stem = safe_name(layer)
-        if stem.lower() in used:
-            stem = f"{stem[:_MAX_NAME - 9]}-{hashlib.sha256(layer.encode()).hexdigest()[:8]}"
-        used.add(stem.lower())
+    taken: set[str] = set()
+    for layer in order:
+        if stems[layer] == layer and layer.lower() not in taken:
+            out[layer] = layer
+            taken.add(layer.lower())
+    for layer in order:
+        if layer in out:
+            continue
+        stem = stems[layer]
+        salt = 0
+        while stem.lower() in taken:
+            digest = hashlib.sha256(f"{layer}\0{salt}".encode() if salt else layer.encode()).hexdigest()[:8]
+            stem = f"{stems[layer][:_MAX_NAME - 9]}-{digest}"
+            salt += 1
         out[layer] = stem
-    return out
+        taken.add(stem.lower())
+    return {layer: out[layer] for layer in order}
 
 
 class Sink(Protocol):

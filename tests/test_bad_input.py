@@ -335,6 +335,36 @@ def test_unsafe_folder_names_and_artifact_names_in_a_run(tmp_path: Path) -> None
         assert SAFE_NAME.match(name), name
 
 
+def _colliding_layers(base: str) -> list[str]:
+    """Names whose safe names and hash fallbacks used to meet: ``_b``, ``/b-<hash of b>``, ``b`` and ``B``."""
+    import hashlib
+
+    return [f"_{base}", f"/{base}-{hashlib.sha256(base.encode()).hexdigest()[:8]}", base, base.upper()]
+
+
+@pytest.mark.parametrize("base", ["enc.out", "Head_7"])
+def test_colliding_layer_names_get_one_file_each_locally_and_in_the_run(tmp_path: Path, base: str) -> None:
+    layers = _colliding_layers(base)
+    arrays = {name: np.stack([np.eye(3) * (i + k) for i in range(2)]) for k, name in enumerate(layers)}
+    (tmp_path / "w").mkdir()
+    np.savez(tmp_path / "w" / "layers.npz", steps=np.array([0, 1]), **arrays)  # type: ignore[arg-type]
+    cli = run_isolated("render-file", "w/layers.npz", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len({n.lower() for n in written}) == len(layers), written  # distinct even on macOS/Windows
+    assert f"{base}.gif" in written or f"{base.upper()}.gif" in written  # a safe name keeps it when free
+    assert all(SAFE_NAME.match(n) for n in written), written
+
+    run_id = make_run()
+    log_folder(run_id, tmp_path / "w")
+    cli = run_isolated("render", run_id, "--source", "weights/layers.npz", "--step-images", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    gifs = [f for f in artifact_files(run_id, "weightviz") if f.endswith(".gif")]
+    assert len({g.lower() for g in gifs}) == len(layers), gifs
+    images = {f.rsplit("/", 1)[-1].split("+step+")[0].lower() for f in artifact_files(run_id, "images")}
+    assert len(images) == len(layers), images  # step-image keys are distinct as well
+
+
 # ------------------------------------------------------------------------------------- many files
 
 
