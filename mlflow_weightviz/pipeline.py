@@ -34,6 +34,7 @@ from mlflow_weightviz.encoders import (
     saving,
 )
 from mlflow_weightviz.errors import ClaimLostError, UsageError
+from mlflow_weightviz.frames import NAME_CHARS, shorten
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.parallel import build_renderer
@@ -560,7 +561,7 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: C
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,
            caption: Caption | None = None) -> str:
-    head = f"{prepared.name}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
+    head = f"{shorten(prepared.name, NAME_CHARS)}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
     notes = [prepared.info.note()]
     if options.look.view is View.DELTA_INIT:
         notes.append(f"change since step {prepared.steps[0]}")

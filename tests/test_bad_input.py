@@ -542,3 +542,35 @@ def test_pooling_memory_stays_bounded_for_every_layout(tmp_path: Path, name: str
         assert int(growth) < 60, f"{name} {matrix}: memory grew by {growth} MiB while pooling"
     finally:
         path.unlink()
+
+
+# ------------------------------------------------------------------------------- names are text
+
+
+@pytest.mark.parametrize("length", [3100, 12000])
+def test_long_and_math_like_names_render_literally_at_the_normal_width(tmp_path: Path, length: int) -> None:
+    from mlflow_weightviz import RenderOptions, render_file
+    from mlflow_weightviz.frames import NAME_CHARS
+    from mlflow_weightviz.options import Format, OutputOptions
+
+    long_name = "".join(f"blk{i}.mix." for i in range(length))[:length]
+    names = ["$\\sqrt{$", "m$x_{", long_name, "n" * NAME_CHARS, "ok"]
+    arrays = {name: np.stack([np.full((3, 5), i + k / 10) for i in range(3)]) for k, name in enumerate(names)}
+    np.savez(tmp_path / "named.npz", steps=np.array([0, 4, 8]), **arrays)  # type: ignore[arg-type]
+    options = RenderOptions(outputs=OutputOptions(formats=(Format.GIF, Format.HTML)))
+    result = render_file(tmp_path / "named.npz", options, output_dir=tmp_path / "out")
+    assert {r.layer for r in result.layers} == set(names)
+    widths = {r.layer: read_gif(tmp_path / "out" / r.file_name).size[0] for r in result.layers}
+    # A long name ends in an ellipsis: the frame is as wide as for a name of NAME_CHARS characters.
+    assert abs(widths[long_name] - widths["n" * NAME_CHARS]) <= 4, widths
+    assert widths[long_name] < 1000
+    player = next(r for r in result.layers if r.layer == long_name).files[1]
+    assert long_name in (tmp_path / "out" / player).read_text(encoding="utf-8")  # the full name stays there
+
+
+def test_math_like_labels_and_formats_render_literally(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.stack([np.eye(4) * i for i in range(3)]))
+    cli = run_isolated("render-file", "w.npy", "--out", "w.gif", "--row-label", "$\\unknown{$", "--col-label",
+                       "c_$^$", "--fmt", "$\\oops {x:.1f}$", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    assert read_gif(tmp_path / "w.gif").n_frames == 3
