@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz._files import atomic_file
-from mlflow_weightviz.tags import PENDING_TAGS
+from mlflow_weightviz.tags import PENDING_TAGS, TAG_VALUE_LIMIT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,6 @@ __all__ = ["PENDING_TAGS", "LocalSink", "RunSink", "Sink", "image_key", "safe_na
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
-_MAX_TAG = 5000  # MLflow allows 8000 characters in a tag value
 
 
 def safe_name(layer: str) -> str:
@@ -210,7 +209,7 @@ class RunSink:
         """Set run tags in one request, truncating values to what MLflow accepts."""
         from mlflow.entities import RunTag
 
-        batch = [RunTag(key, text if len(text) <= _MAX_TAG else text[:_MAX_TAG - 3] + "...")
+        batch = [RunTag(key, text if len(text) <= TAG_VALUE_LIMIT else text[:TAG_VALUE_LIMIT - 3] + "...")
                  for key, text in ((k, str(v)) for k, v in tags.items())]
         with _tracking.translate(f"tagging run {self.run_id}", writing=True):
             self.client.log_batch(self.run_id, tags=batch)

@@ -171,3 +171,25 @@ def test_unique_names_never_collide_even_with_hash_lookalikes() -> None:
         assert len({n.lower() for n in names.values()}) == len(order), names
         assert len({image_key(n).lower() for n in names.values()}) == len(order)
         assert names[order[0]] == order[0]  # a safe name keeps it when no other took it first
+
+
+@pytest.mark.parametrize("names", [
+    [f"层{i:04d}.投影" for i in range(600)],  # escaped to \\uXXXX: longer as JSON than as text
+    ["x" * 9000, "y"],
+    ["a", "b"],
+])
+def test_layers_tag_is_always_valid_json_within_the_limit(names: list[str]) -> None:
+    import json
+
+    from mlflow_weightviz.tags import TAG_VALUE_LIMIT, layers_tag
+
+    value, cut = layers_tag(names)
+    assert len(value) <= TAG_VALUE_LIMIT
+    parsed = json.loads(value)
+    if not cut:
+        assert parsed == names
+        return
+    assert parsed["count"] == len(names) and parsed["truncated"] is True and parsed["file"] == "layers.json"
+    assert parsed["layers"] == names[:len(parsed["layers"])]
+    more = json.dumps({**parsed, "layers": names[:len(parsed["layers"]) + 1]})
+    assert len(more) > TAG_VALUE_LIMIT  # as many names as fit
