@@ -189,7 +189,9 @@ def test_layers_tag_is_always_valid_json_within_the_limit(names: list[str]) -> N
     if not cut:
         assert parsed == names
         return
-    assert parsed["count"] == len(names) and parsed["truncated"] is True and parsed["file"] == "layers.json"
+    assert parsed["count"] == len(names)
+    assert parsed["truncated"] is True
+    assert parsed["file"] == "layers.json"
     assert parsed["layers"] == names[:len(parsed["layers"])]
     more = json.dumps({**parsed, "layers": names[:len(parsed["layers"]) + 1]})
     assert len(more) > TAG_VALUE_LIMIT  # as many names as fit
