@@ -215,7 +215,7 @@ class Composer:
             self.main_font = get_font(fontManager._find_fonts_by_props(prop))
             # Texts wider than a cell overlap their neighbours; draw those in separate passes.
             samples = r._cell_texts([*self.limits, -abs(self.limits[1]), math.inf, -math.inf])
-            widest = max(-2 * self._layout_of(s).x_off for s in samples if s and "$" not in s)
+            widest = max(-2 * self._layout_of(s).x_off for s in samples if s)
             self.col_groups = 2 if widest + 4 > r._cell else 1
 
     # ------------------------------------------------------------------ setup helpers
@@ -535,7 +535,7 @@ class Composer:
         groups: dict[str, list[int]] = {}
         strings = self.r._cell_texts(values)
         for k, s in enumerate(strings):
-            if s and "$" not in s:  # '$' would make matplotlib parse mathtext
+            if s:  # texts are drawn literally ('$' included), as matplotlib does with parse_math=False
                 groups.setdefault(s.translate(_DIGITS_TO_ZERO), []).append(k)
         parts: list[tuple[np.ndarray, ...]] = []
         for key, ks in groups.items():

@@ -26,7 +26,7 @@ from mlflow_weightviz.grid import format_value  # the one place values become te
 if TYPE_CHECKING:
     from mlflow_weightviz._glyphs import Composer
 
-__all__ = ["NAN_COLOR", "HeatmapRenderer", "cell_size", "format_value", "text_is_dark"]
+__all__ = ["NAME_CHARS", "NAN_COLOR", "HeatmapRenderer", "cell_size", "format_value", "shorten", "text_is_dark"]
 
 #: Colour of NaN and infinite cells; it is in neither default colormap.
 NAN_COLOR = "#808080"
@@ -38,6 +38,26 @@ _LINE_EM = 1.2  # height of a line of text (ascent + descent), in ems
 _MAX_ANNOTATED_PX = 1600  # auto-annotation only while the grid stays this small
 _DARK_TEXT = "#262626"
 _LIGHT_TEXT = "#ffffff"
+#: Longest layer name shown whole in a title; longer ones keep their start and end (the full name
+#: stays in the tags and the HTML player).
+NAME_CHARS = 64
+_TITLE_LINE_CHARS = 120  # any title line; beyond it the frame would grow with the text
+_LABEL_CHARS = 32  # a tick label
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters with an ellipsis in the middle, keeping both ends."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    tail = limit - 1 - head
+    return text[:head] + "…" + (text[len(text) - tail:] if tail > 0 else "")
+
+
+def _title_text(title: str) -> str:
+    """A title whose every line fits the frame: longer lines end in an ellipsis."""
+    return "\n".join(line if len(line) <= _TITLE_LINE_CHARS else line[:_TITLE_LINE_CHARS - 1] + "…"
+                     for line in title.split("\n"))
 
 
 def cell_size(grid: tuple[int, int], *, text_chars: int, annotate: bool | None, dpi: int,
@@ -78,8 +98,11 @@ class HeatmapRenderer:
         fontsize: Size in points of the values and tick labels (default 9).
         reference: Draw every frame with matplotlib alone (slow; the fast composition is
             checked against it). The renderer also does so, and sets ``reference``, when
-            the composer does not apply: a math-text format, or a matplotlib version
-            outside ``_glyphs.SUPPORTED``.
+            the composer does not apply: a matplotlib version outside ``_glyphs.SUPPORTED``.
+
+    Every text is drawn literally (``parse_math=False``): a ``$`` in a layer name, a label
+    or the value format is a dollar sign, never math text. Titles and tick labels too
+    long for a frame are shortened with an ellipsis (see :func:`shorten`).
     """
 
     def __init__(self, grid: tuple[int, int], *, cmap: str, vmin: float, vmax: float, fmt: str,
@@ -95,8 +118,11 @@ class HeatmapRenderer:
         rows, cols = grid
         self.grid = grid
         self.fmt = fmt
-        # The fast path needs a matplotlib version it supports, and plain (non-math) texts.
-        self.reference = reference or "$" in fmt or not _glyphs.available()
+        # The fast path needs a matplotlib version it supports (texts are never math text).
+        self.reference = reference or not _glyphs.available()
+        title_sample = _title_text(title_sample)
+        row_labels = [shorten(str(label), _LABEL_CHARS) for label in row_labels]
+        col_labels = [shorten(str(label), _LABEL_CHARS) for label in col_labels]
         font_pt = _FONT_PT if fontsize is None else float(fontsize)
         self._font_pt = font_pt
         samples = [*self._cell_texts([vmin, vmax, -abs(vmax), -abs(vmin)]), "-inf"]
@@ -175,7 +201,9 @@ class HeatmapRenderer:
                       fontsize=font_pt)
         ax.tick_params(top=True, bottom=False, labeltop=True, labelbottom=False)
         for label in ax.get_xticklabels():
-            label.set(rotation=-30, ha="right", rotation_mode="anchor")
+            label.set(rotation=-30, ha="right", rotation_mode="anchor", parse_math=False)
+        for label in ax.get_yticklabels():
+            label.set(parse_math=False)
         for spine in ax.spines.values():
             spine.set_visible(False)
         self._grid_kw: dict[str, Any] | None = None
@@ -185,14 +213,15 @@ class HeatmapRenderer:
             self._grid_kw = {"color": "w", "linestyle": "-", "linewidth": min(3.0, cell * 0.08 * 72 / dpi)}
             ax.grid(which="minor", **self._grid_kw)
             ax.tick_params(which="minor", bottom=False, left=False, top=False)
-        self._title = fig.text(0.5, 1 - 8 / height, "", ha="center", va="top", fontsize=_TITLE_PT)
+        self._title = fig.text(0.5, 1 - 8 / height, "", ha="center", va="top", fontsize=_TITLE_PT,
+                               parse_math=False)
         self._texts: list[Any] = []
         self._probe: Any = None
         if self.annotated and self.reference:
-            self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=font_pt)
+            self._texts = [ax.text(j, i, "", ha="center", va="center", fontsize=font_pt, parse_math=False)
                            for i in range(rows) for j in range(cols)]
         elif self.annotated:  # the fast path only asks matplotlib where a value text would go
-            self._probe = ax.text(0, 0, "", ha="center", va="center", fontsize=font_pt)
+            self._probe = ax.text(0, 0, "", ha="center", va="center", fontsize=font_pt, parse_math=False)
         self._dark = np.zeros(rows * cols, dtype=bool)
         self._dark_set = False
         self._fast: Composer | None = None
@@ -215,6 +244,7 @@ class HeatmapRenderer:
             msg = f"values must have the renderer's grid shape {self.grid}; got shape {values.shape}"
             raise ValueError(msg)
         values = np.asarray(values, dtype=np.float64)
+        title = _title_text(title)
         if self.reference:
             return self._render_reference(values, title, limits)
         if self._fast is None:

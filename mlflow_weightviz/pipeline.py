@@ -34,13 +34,14 @@ from mlflow_weightviz.encoders import (
     saving,
 )
 from mlflow_weightviz.errors import ClaimLostError, UsageError
+from mlflow_weightviz.frames import NAME_CHARS, shorten
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.parallel import build_renderer
 from mlflow_weightviz.sinks import LocalSink, RunSink, Sink, unique_names
 from mlflow_weightviz.snapshots import Reduced, Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
-from mlflow_weightviz.tags import TAG_FINGERPRINT, TAG_PREFIX, Status, fingerprint
+from mlflow_weightviz.tags import LAYERS_FILE, TAG_FINGERPRINT, TAG_PREFIX, Status, fingerprint, layers_tag
 
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
@@ -143,31 +144,38 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     client = _tracking.client(tracking_uri)
     run = _tracking.get_run(client, run_id)
     src = RunSource(client, run.info.run_id, source)
-    digest = fingerprint(src, options, source=source, artifact_path=artifact_path)
-    if log and not force and run.data.tags.get(TAG_FINGERPRINT) == digest:
-        if out is None and output_dir is None:
-            return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)
-        # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
-        local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, workers=workers,
-                               allow_pickle=allow_pickle)
-        return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest)
-    # One renderer per run at a time (see automation/claims.py); local-only renders need no claim.
-    with claims.claim_run(client, run_id, enabled=log) as claim:
-        if log and not force and claim.tags.get(TAG_FINGERPRINT) == digest:
-            return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)  # done while we claimed
-        if not claim.held:
-            return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest,
-                                claimed_by=claim.holder.describe() if claim.holder else None)
-        sink = RunSink(client, run_id, artifact_path) if log else None
-        metric = options.outputs.caption_metric
-        caption = src.metric_history(metric).caption if metric else None
-        try:
-            result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress, run_sink=sink,
-                                    publish=claim.guard(sink) if sink is not None else None,
-                                    tags_base={"source": source, "fingerprint": digest}, caption=caption,
-                                    workers=workers, allow_pickle=allow_pickle)
-        except ClaimLostError as lost:
-            return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest, claimed_by=str(lost))
+    listing = fingerprint(src, options, source=source, artifact_path=artifact_path)
+    # An artifact listing has paths and sizes only, so whether the run is up to date is decided on the
+    # downloaded bytes (needed to draw anyway): a snapshot logged again with new values of the same size
+    # is rendered again. Nothing is drawn or logged when the contents are unchanged.
+    with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
+        fetched = src.fetch(Path(tmp))
+        digest = fingerprint(src, options, local=fetched, source=source, artifact_path=artifact_path)
+        if log and not force and run.data.tags.get(TAG_FINGERPRINT) == digest:
+            if out is None and output_dir is None:
+                return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)
+            # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
+            local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress,
+                                   workers=workers, allow_pickle=allow_pickle, fetched=fetched)
+            return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest)
+        # One renderer per run at a time (see automation/claims.py); local-only renders need no claim.
+        with claims.claim_run(client, run_id, enabled=log) as claim:
+            if log and not force and claim.tags.get(TAG_FINGERPRINT) == digest:
+                return RenderResult(Status.UP_TO_DATE, run_id=run_id, fingerprint=digest)  # done while we claimed
+            if not claim.held:
+                return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest,
+                                    claimed_by=claim.holder.describe() if claim.holder else None)
+            sink = RunSink(client, run_id, artifact_path) if log else None
+            metric = options.outputs.caption_metric
+            caption = src.metric_history(metric).caption if metric else None
+            try:
+                result = _render_source(src, options, out=out, output_dir=output_dir, progress=progress,
+                                        run_sink=sink, publish=claim.guard(sink) if sink is not None else None,
+                                        tags_base={"source": source, "fingerprint": digest, "listing": listing},
+                                        caption=caption, workers=workers, allow_pickle=allow_pickle,
+                                        fetched=fetched)
+            except ClaimLostError as lost:
+                return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest, claimed_by=str(lost))
     return RenderResult(Status.RENDERED, result.layers, run_id, digest, result.artifact_paths)
 
 
@@ -229,10 +237,10 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                    progress: ProgressCallback | None, run_sink: RunSink | None = None,
                    publish: Sink | None = None, tags_base: Mapping[str, str] | None = None,
                    caption: Callable[[int], str] | None = None, workers: int = 1,
-                   allow_pickle: bool = False) -> RenderResult:
+                   allow_pickle: bool = False, fetched: Path | None = None) -> RenderResult:
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
         workdir = Path(tmp)
-        local = src.fetch(workdir)
+        local = fetched if fetched is not None else src.fetch(workdir)
         layers = group_layers(read_snapshots(local, allow_pickle=allow_pickle, root_name=src.name), options.layers)
         if out is not None and len(layers) != 1 and not options.outputs.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
@@ -252,8 +260,11 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         artifact_paths: list[str] = []
         if run_sink is not None:
             tags = {TAG_PREFIX + k: v for k, v in (tags_base or {}).items()}
+            names, cut = layers_tag([r.layer for r in results])
+            if cut:  # the tag holds the first names; the full list goes with the results
+                (staging / LAYERS_FILE).write_text(json.dumps([r.layer for r in results]), encoding="utf-8")
             tags.update({
-                TAG_PREFIX + "layers": json.dumps([r.layer for r in results]),
+                TAG_PREFIX + "layers": names,
                 TAG_PREFIX + "frames": str(sum(r.frames for r in results)),
                 TAG_PREFIX + "artifact_path": run_sink.artifact_path,
                 TAG_PREFIX + "version": __version__,
@@ -560,7 +571,7 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: C
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,
            caption: Caption | None = None) -> str:
-    head = f"{prepared.name}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
+    head = f"{shorten(prepared.name, NAME_CHARS)}  ·  step {step}  ·  frame {index + 1}/{len(prepared.steps)}"
     notes = [prepared.info.note()]
     if options.look.view is View.DELTA_INIT:
         notes.append(f"change since step {prepared.steps[0]}")

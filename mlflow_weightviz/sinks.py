@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz._files import atomic_file
-from mlflow_weightviz.tags import PENDING_TAGS
+from mlflow_weightviz.tags import PENDING_TAGS, TAG_VALUE_LIMIT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,6 @@ __all__ = ["PENDING_TAGS", "LocalSink", "RunSink", "Sink", "image_key", "safe_na
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
-_MAX_TAG = 5000  # MLflow allows 8000 characters in a tag value
 
 
 def safe_name(layer: str) -> str:
@@ -57,16 +56,33 @@ def image_key(stem: str, prefix: str = "weightviz") -> str:
 
 
 def unique_names(layers: Iterable[str]) -> dict[str, str]:
-    """Safe, distinct file stems for layers whose safe names would collide."""
+    """Safe, distinct file stems for ``layers``, distinct also when compared case-insensitively.
+
+    A layer whose name is already a safe name keeps it (``fc1`` is always ``fc1.gif``);
+    the others get :func:`safe_name`, and where that is taken (``.fc1`` and ``fc1``, or
+    ``FC1`` and ``fc1`` on a case-insensitive file system) a hash suffix, itself checked
+    against every name taken so far, so no two layers ever share a file.
+    """
+    order = list(layers)
+    stems = {layer: safe_name(layer) for layer in order}
     out: dict[str, str] = {}
-    used: set[str] = set()
-    for layer in layers:
-        stem = safe_name(layer)
-        if stem.lower() in used:
-            stem = f"{stem[:_MAX_NAME - 9]}-{hashlib.sha256(layer.encode()).hexdigest()[:8]}"
-        used.add(stem.lower())
+    taken: set[str] = set()
+    for layer in order:
+        if stems[layer] == layer and layer.lower() not in taken:
+            out[layer] = layer
+            taken.add(layer.lower())
+    for layer in order:
+        if layer in out:
+            continue
+        stem = stems[layer]
+        salt = 0
+        while stem.lower() in taken:
+            digest = hashlib.sha256(f"{layer}\0{salt}".encode() if salt else layer.encode()).hexdigest()[:8]
+            stem = f"{stems[layer][:_MAX_NAME - 9]}-{digest}"
+            salt += 1
         out[layer] = stem
-    return out
+        taken.add(stem.lower())
+    return {layer: out[layer] for layer in order}
 
 
 class Sink(Protocol):
@@ -193,7 +209,7 @@ class RunSink:
         """Set run tags in one request, truncating values to what MLflow accepts."""
         from mlflow.entities import RunTag
 
-        batch = [RunTag(key, text if len(text) <= _MAX_TAG else text[:_MAX_TAG - 3] + "...")
+        batch = [RunTag(key, text if len(text) <= TAG_VALUE_LIMIT else text[:TAG_VALUE_LIMIT - 3] + "...")
                  for key, text in ((k, str(v)) for k, v in tags.items())]
         with _tracking.translate(f"tagging run {self.run_id}", writing=True):
             self.client.log_batch(self.run_id, tags=batch)

@@ -21,7 +21,7 @@ from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["LocalSource", "MetricHistory", "RunSource", "SnapshotSource"]
+__all__ = ["LocalSource", "MetricHistory", "RunSource", "SnapshotSource", "content_digest"]
 
 
 class SnapshotSource(Protocol):
@@ -154,6 +154,21 @@ class MetricHistory:
         at, value = point
         text = f"{self.key} = {value:.6g}"
         return text if at == step else f"{text} (step {at})"
+
+
+def content_digest(path: Path) -> str:
+    """Digest of the regular files at ``path`` (a file or a folder): relative paths, sizes and SHA-256 of the bytes.
+
+    Used on downloaded snapshots: an artifact listing has paths and sizes only, so values
+    logged again with the same size would otherwise look unchanged.
+    """
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = []
+    for p in files:
+        with p.open("rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        listing.append((p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, digest))
+    return _digest(listing)
 
 
 def _digest(listing: object) -> str:

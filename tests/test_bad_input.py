@@ -338,6 +338,36 @@ def test_unsafe_folder_names_and_artifact_names_in_a_run(tmp_path: Path) -> None
         assert SAFE_NAME.match(name), name
 
 
+def _colliding_layers(base: str) -> list[str]:
+    """Names whose safe names and hash fallbacks used to meet: ``_b``, ``/b-<hash of b>``, ``b`` and ``B``."""
+    import hashlib
+
+    return [f"_{base}", f"/{base}-{hashlib.sha256(base.encode()).hexdigest()[:8]}", base, base.upper()]
+
+
+@pytest.mark.parametrize("base", ["enc.out", "Head_7"])
+def test_colliding_layer_names_get_one_file_each_locally_and_in_the_run(tmp_path: Path, base: str) -> None:
+    layers = _colliding_layers(base)
+    arrays = {name: np.stack([np.eye(3) * (i + k) for i in range(2)]) for k, name in enumerate(layers)}
+    (tmp_path / "w").mkdir()
+    np.savez(tmp_path / "w" / "layers.npz", steps=np.array([0, 1]), **arrays)  # type: ignore[arg-type]
+    cli = run_isolated("render-file", "w/layers.npz", "--output-dir", "out", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len({n.lower() for n in written}) == len(layers), written  # distinct even on macOS/Windows
+    assert f"{base}.gif" in written or f"{base.upper()}.gif" in written  # a safe name keeps it when free
+    assert all(SAFE_NAME.match(n) for n in written), written
+
+    run_id = make_run()
+    log_folder(run_id, tmp_path / "w")
+    cli = run_isolated("render", run_id, "--source", "weights/layers.npz", "--step-images", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    gifs = [f for f in artifact_files(run_id, "weightviz") if f.endswith(".gif")]
+    assert len({g.lower() for g in gifs}) == len(layers), gifs
+    images = {f.rsplit("/", 1)[-1].split("+step+")[0].lower() for f in artifact_files(run_id, "images")}
+    assert len(images) == len(layers), images  # step-image keys are distinct as well
+
+
 # ------------------------------------------------------------------------------------- many files
 
 
@@ -516,3 +546,35 @@ def test_pooling_memory_stays_bounded_for_every_layout(tmp_path: Path, name: str
         assert int(growth) < 60, f"{name} {matrix}: memory grew by {growth} MiB while pooling"
     finally:
         path.unlink()
+
+
+# ------------------------------------------------------------------------------- names are text
+
+
+@pytest.mark.parametrize("length", [3100, 12000])
+def test_long_and_math_like_names_render_literally_at_the_normal_width(tmp_path: Path, length: int) -> None:
+    from mlflow_weightviz import RenderOptions, render_file
+    from mlflow_weightviz.frames import NAME_CHARS
+    from mlflow_weightviz.options import Format, OutputOptions
+
+    long_name = "".join(f"blk{i}.mix." for i in range(length))[:length]
+    names = ["$\\sqrt{$", "m$x_{", long_name, "n" * NAME_CHARS, "ok"]
+    arrays = {name: np.stack([np.full((3, 5), i + k / 10) for i in range(3)]) for k, name in enumerate(names)}
+    np.savez(tmp_path / "named.npz", steps=np.array([0, 4, 8]), **arrays)  # type: ignore[arg-type]
+    options = RenderOptions(outputs=OutputOptions(formats=(Format.GIF, Format.HTML)))
+    result = render_file(tmp_path / "named.npz", options, output_dir=tmp_path / "out")
+    assert {r.layer for r in result.layers} == set(names)
+    widths = {r.layer: read_gif(tmp_path / "out" / r.file_name).size[0] for r in result.layers}
+    # A long name ends in an ellipsis: the frame is as wide as for a name of NAME_CHARS characters.
+    assert abs(widths[long_name] - widths["n" * NAME_CHARS]) <= 4, widths
+    assert widths[long_name] < 1000
+    player = next(r for r in result.layers if r.layer == long_name).files[1]
+    assert long_name in (tmp_path / "out" / player).read_text(encoding="utf-8")  # the full name stays there
+
+
+def test_math_like_labels_and_formats_render_literally(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.stack([np.eye(4) * i for i in range(3)]))
+    cli = run_isolated("render-file", "w.npy", "--out", "w.gif", "--row-label", "$\\unknown{$", "--col-label",
+                       "c_$^$", "--fmt", "$\\oops {x:.1f}$", "--quiet", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    assert read_gif(tmp_path / "w.gif").n_frames == 3

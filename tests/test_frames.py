@@ -10,7 +10,7 @@ import pytest
 
 from mlflow_weightviz.frames import HeatmapRenderer
 from tests.helpers import NEGATIVE_ZERO
-from tests.render_helpers import assert_same_look, make, roundtrip
+from tests.render_helpers import assert_composed, assert_same_look, make, roundtrip
 
 
 @pytest.fixture
@@ -28,16 +28,42 @@ def test_wrong_shape_is_refused(pair: list[HeatmapRenderer]) -> None:
         r.render(np.zeros((3, 2)), "t")
 
 
-def test_math_text_formats_use_matplotlib_drawing(pair: list[HeatmapRenderer], tmp_path: Path) -> None:
-    # '$' makes matplotlib parse mathtext, which the glyph composition does not do: such a format is drawn
-    # by matplotlib itself, and still looks like the reference.
-    fast, ref = make((2, 2), fmt="${x:.2f}$"), make((2, 2), fmt="${x:.2f}$", reference=True)
+@pytest.mark.parametrize("fmt", ["${x:.2f}$", "\\$x={x:.3f}", "{x:.2f} $\\undefinedcmd{{", "{x:.1e}$$"])
+def test_dollar_formats_are_literal_text_on_both_paths(pair: list[HeatmapRenderer], tmp_path: Path,
+                                                       fmt: str) -> None:
+    # A '$' in the value format is a dollar sign, never math text (even invalid math text draws), and the
+    # glyph composition draws it like matplotlib does.
+    fast, ref = make((2, 3), fmt=fmt), make((2, 3), fmt=fmt, reference=True)
     pair += [fast, ref]
-    assert fast.reference
-    values = np.array([[0.01, 0.02], [0.03, 0.04]])
-    assert_same_look(roundtrip(fast.render(values, "m"), tmp_path / "a.png"),
-                     roundtrip(ref.render(values, "m"), tmp_path / "b.png"))
+    values = np.array([[0.01, 0.02, -0.03], [0.04, np.nan, 0.05]])
+    a = roundtrip(fast.render(values, "m$\\alpha$"), tmp_path / "a.png")
+    assert_composed(fast)
+    assert_same_look(a, roundtrip(ref.render(values, "m$\\alpha$"), tmp_path / "b.png"))
 
+
+def test_names_and_labels_are_literal_and_long_ones_keep_the_frame_size(pair: list[HeatmapRenderer],
+                                                                         tmp_path: Path) -> None:
+    def renderer(name: str, label: str, reference: bool = False) -> HeatmapRenderer:
+        r = HeatmapRenderer((3, 2), cmap="RdBu_r", vmin=-1.0, vmax=1.0, fmt="{x:.2f}", annotate=True,
+                            row_labels=[f"{label}{i}" for i in range(3)], col_labels=[f"{label}{j}" for j in range(2)],
+                            title_sample=f"{name}  ·  step 10  ·  frame 2/2", reference=reference)
+        pair.append(r)
+        return r
+
+    values = np.array([[0.5, -0.5], [0.1, 0.0], [-0.9, 0.9]])
+    short = renderer("blk.w", "r").render(values, "blk.w  ·  step 10  ·  frame 2/2")
+    for name, label in (("$\\oops{$", "$\\x_"), ("".join(f"enc.l{i}.attn." for i in range(400)), "lbl" * 900),
+                        ("a$." * 2400, "\\$" * 50)):
+        fast, ref = renderer(name, label), renderer(name, label, reference=True)
+        title = f"{name}  ·  step 10  ·  frame 2/2"
+        a = roundtrip(fast.render(values, title), tmp_path / "a.png")
+        assert_composed(fast)
+        assert_same_look(a, roundtrip(ref.render(values, title), tmp_path / "b.png"))
+        width, height = fast.size
+        assert width < 1400, fast.size  # titles and labels end in an ellipsis instead
+        assert height < 400, fast.size
+        if len(name) < 20:
+            assert abs(width - short.shape[1]) < 60
 
 
 def test_small_negative_values_never_read_minus_zero(pair: list[HeatmapRenderer]) -> None:

@@ -406,3 +406,60 @@ def test_out_takes_the_extension_of_the_format_written(tmp_path: Path) -> None:
     wv.render_file(tmp_path / "w.npy", wv.RenderOptions(formats=("html",)), out=tmp_path / "fc1.gif")
     assert (tmp_path / "fc1.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert not (tmp_path / "fc1.gif").exists()
+
+
+# ------------------------------------------------------------------------ stale renders, long tags
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((5, 3), np.float32), ((2, 7), np.float64)])
+def test_snapshots_logged_again_with_new_values_of_the_same_size_are_rendered_again(
+        tmp_path: Path, shape: tuple[int, int], dtype: type) -> None:
+    from mlflow_weightviz.automation.batch import render_experiment
+
+    run_id = make_run(experiment="relogged")
+    series = [np.full(shape, 0.1 * (i + 1), dtype) for i in range(3)]
+    write_canonical(tmp_path / "w", {"proj": series}, [0, 10, 20])
+    log_folder(run_id, tmp_path / "w")
+    first = wv.render_run(run_id, output_dir=tmp_path / "one")
+    assert first.status == "rendered"
+    assert wv.render_run(run_id).status == "up_to_date"
+    # The same files again, same names and sizes, other values: the listing cannot tell.
+    write_canonical(tmp_path / "w2", {"proj": [-s * 3 for s in series]}, [0, 10, 20])
+    sizes = sorted(p.stat().st_size for p in (tmp_path / "w").rglob("*") if p.is_file())
+    assert sizes == sorted(p.stat().st_size for p in (tmp_path / "w2").rglob("*") if p.is_file())
+    log_folder(run_id, tmp_path / "w2")
+    plan = render_experiment("relogged", dry_run=True)
+    assert [o.status for o in plan.outcomes if o.run_id == run_id] == ["would_render"]
+    second = wv.render_run(run_id, output_dir=tmp_path / "two")
+    assert second.status == "rendered"
+    assert second.fingerprint != first.fingerprint
+    assert tags_of(run_id)["weightviz.fingerprint"] == second.fingerprint
+    one, two = read_gif(tmp_path / "one" / "proj.gif"), read_gif(tmp_path / "two" / "proj.gif")
+    assert not np.array_equal(one.frames[-1], two.frames[-1])
+    assert wv.render_run(run_id).status == "up_to_date"  # and once rendered, it is up to date again
+    plan = render_experiment("relogged", dry_run=True)
+    assert [o.status for o in plan.outcomes if o.run_id == run_id] == ["up_to_date"]
+
+
+@pytest.mark.parametrize(("count", "length"), [(130, 45), (9, 700)])
+def test_the_layers_tag_stays_valid_json_and_the_full_list_is_logged(tmp_path: Path, count: int,
+                                                                      length: int) -> None:
+    names = [f"{i:03d}." + "blocks.attn.q" * (length // 13 + 1) for i in range(count)]
+    names = [n[:length] for n in names]
+    write_canonical(tmp_path / "w", {n: [np.eye(2) * s for s in range(2)] for n in names}, [0, 1])
+    run_id = make_run()
+    log_folder(run_id, tmp_path / "w")
+    result = wv.render_run(run_id)
+    assert result.status == "rendered"
+    tag = tags_of(run_id)["weightviz.layers"]
+    assert len(tag) <= 5000
+    value = json.loads(tag)
+    assert value["count"] == count
+    assert value["truncated"] is True
+    assert value["layers"]
+    assert value["layers"] == sorted(names)[:len(value["layers"])]
+    assert value["file"] == "layers.json"
+    logged = MlflowClient().download_artifacts(run_id, "weightviz/layers.json", str(tmp_path / "dl"))
+    assert sorted(json.loads(Path(logged).read_text(encoding="utf-8"))) == sorted(names)
+    assert len([f for f in artifact_files(run_id, "weightviz") if f.endswith(".gif")]) == count
+    assert wv.render_run(run_id).status == "up_to_date"

@@ -152,3 +152,46 @@ def test_guarded_run_sink_logs_nothing_once_the_claim_is_lost(tmp_path: Path) ->
     tags = tags_of(run_id)
     assert TAG_STATUS not in tags  # not even the pending tags: the guard stops before the sink starts
     assert tags[TAG_CLAIM] == thief
+
+
+def test_unique_names_never_collide_even_with_hash_lookalikes() -> None:
+    import hashlib
+
+    from mlflow_weightviz.sinks import image_key, unique_names
+
+    def h(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    # Names shaped like every fallback the others could get, in both orders and both cases.
+    layers = ["dec-2", "-dec-2", f"dec-2-{h('-dec-2')}", f"dec-2-{h('dec-2')}", "DEC-2", f"DEC-2-{h('DEC-2')}",
+              "dec 2", "dec_2"]
+    for order in (layers, layers[::-1]):
+        names = unique_names(order)
+        assert set(names) == set(order)
+        assert len({n.lower() for n in names.values()}) == len(order), names
+        assert len({image_key(n).lower() for n in names.values()}) == len(order)
+        assert names[order[0]] == order[0]  # a safe name keeps it when no other took it first
+
+
+@pytest.mark.parametrize("names", [
+    [f"层{i:04d}.投影" for i in range(600)],  # escaped to \\uXXXX: longer as JSON than as text
+    ["x" * 9000, "y"],
+    ["a", "b"],
+])
+def test_layers_tag_is_always_valid_json_within_the_limit(names: list[str]) -> None:
+    import json
+
+    from mlflow_weightviz.tags import TAG_VALUE_LIMIT, layers_tag
+
+    value, cut = layers_tag(names)
+    assert len(value) <= TAG_VALUE_LIMIT
+    parsed = json.loads(value)
+    if not cut:
+        assert parsed == names
+        return
+    assert parsed["count"] == len(names)
+    assert parsed["truncated"] is True
+    assert parsed["file"] == "layers.json"
+    assert parsed["layers"] == names[:len(parsed["layers"])]
+    more = json.dumps({**parsed, "layers": names[:len(parsed["layers"]) + 1]})
+    assert len(more) > TAG_VALUE_LIMIT  # as many names as fit

@@ -23,7 +23,7 @@ from mlflow_weightviz.automation.claims import parse_claim
 from mlflow_weightviz.automation.executors import RenderJob, RunOutcome, count_statuses, execute, one_line
 from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError, WeightvizError
 from mlflow_weightviz.options import RenderOptions
-from mlflow_weightviz.tags import TAG_CLAIM, TAG_FINGERPRINT, Status
+from mlflow_weightviz.tags import TAG_CLAIM, TAG_FINGERPRINT, TAG_LISTING, Status
 from mlflow_weightviz.tags import fingerprint as render_fingerprint
 
 if TYPE_CHECKING:
@@ -136,18 +136,31 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
 
 
 def _plan(client: MlflowClient, job: RenderJob, tags: dict[str, str]) -> RunOutcome:
-    """What a render would do, from the artifact listing and tags alone."""
+    """What a render would do, from the artifact listing and tags, and the files' bytes when the listing is unchanged.
+
+    A changed listing (paths, sizes) needs a render; an unchanged one may still hide new values of
+    the same size, so then the snapshots are downloaded and their contents compared, as a render does.
+    """
+    import tempfile
+    from pathlib import Path
+
     from mlflow_weightviz.sources import RunSource
 
+    src = RunSource(client, job.run_id, job.source)
     try:
-        fingerprint = render_fingerprint(RunSource(client, job.run_id, job.source), job.options, source=job.source,
-                                   artifact_path=job.artifact_path)
+        listing = render_fingerprint(src, job.options, source=job.source, artifact_path=job.artifact_path)
+        up_to_date = False
+        if not job.force and tags.get(TAG_LISTING) == listing and tags.get(TAG_FINGERPRINT):
+            with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
+                contents = render_fingerprint(src, job.options, local=src.fetch(Path(tmp)), source=job.source,
+                                              artifact_path=job.artifact_path)
+            up_to_date = tags.get(TAG_FINGERPRINT) == contents
     except SnapshotsNotFoundError as exc:
         return RunOutcome(job.run_id, Status.NO_SNAPSHOTS, job.run_name, str(exc))
     except WeightvizError as exc:
         return RunOutcome(job.run_id, Status.FAILED, job.run_name, one_line(str(exc)), exc.exit_code,
                           retryable=exc.retryable, error=type(exc).__name__)
-    if not job.force and tags.get(TAG_FINGERPRINT) == fingerprint:
+    if up_to_date:
         return RunOutcome(job.run_id, Status.UP_TO_DATE, job.run_name)
     claim = parse_claim(tags.get(TAG_CLAIM))
     if claim is not None and claim.valid():

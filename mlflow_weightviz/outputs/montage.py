@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlflow_weightviz.frames import NAME_CHARS, shorten
 from mlflow_weightviz.grid import PreparedLayer, sample_indices
 from mlflow_weightviz.options import RenderOptions
 
@@ -134,6 +135,7 @@ class Montage:
 def _panel(name: str, j: int, snaps: Sequence[Snapshot], prepared: PreparedLayer, position: Mapping[int, int],
            stack: np.ndarray, renderer: HeatmapRenderer) -> np.ndarray:
     note = prepared.info.note()
+    name = shorten(name, NAME_CHARS)  # the full name is in the tags and the player
     if j < 0:
         blank = np.full(prepared.info.grid, np.nan)
         return renderer.render(blank, f"{name}  ·  no snapshot until step {snaps[0].step}")
