@@ -11,9 +11,7 @@ import functools
 import inspect
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +156,7 @@ def _errors(debug: bool) -> Iterator[None]:
     handlers inside). The environment variables and the mlflow logger level set here for
     the command are put back when it ends (the CLI may be called in-process).
     """
+    from mlflow_weightviz._signals import sigterm_raises
     from mlflow_weightviz._tracking import HTTP_DEFAULTS
 
     with _command_environment({
@@ -166,7 +165,7 @@ def _errors(debug: bool) -> Iterator[None]:
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         # mlflow sets its logger's level from this when it is imported (later, lazily).
         "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }), warnings.catch_warnings(), _sigterm_raises():
+    }), warnings.catch_warnings(), sigterm_raises():
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         try:
@@ -190,31 +189,6 @@ def _errors(debug: bool) -> Iterator[None]:
             if debug:
                 raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)", EXIT_CRASH)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Until the command ends, SIGTERM raises :class:`~mlflow_weightviz.errors.Terminated` in the main thread.
-
-    Only the first SIGTERM raises; later ones are ignored so they cannot cut the
-    clean-up short (SIGKILL still stops the process at once).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals can only be handled in the main thread
-        return
-    fired = False
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlflow_weightviz._signals import shielded
+
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
 
@@ -232,7 +234,8 @@ class FramePool:
             context.set_forkserver_preload(list(_PRELOAD))
         self.workers = workers
         self.chunk = chunk
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_signals)
+        with shielded():
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_signals)
         self._ahead = 2 * workers  # chunks in flight: keeps workers busy, bounds memory
 
     def __enter__(self) -> FramePool:
@@ -240,9 +243,10 @@ class FramePool:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop the workers now, not after their chunk
-            self.terminate()
-        self.close()
+        with shielded():
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop the workers now, not after their chunk
+                self.terminate()
+            self.close()
 
     def terminate(self) -> None:
         """Stop the worker processes at once (their frames are dropped)."""
@@ -297,7 +301,9 @@ class FramePool:
                 if item is None:
                     return
                 job, start, stop = item
-                pending.append((job, start, self._pool.submit(_run_task, _tasks(job, start, stop, indices))))
+                with shielded():  # submit may start a worker: never leave one half started
+                    future = self._pool.submit(_run_task, _tasks(job, start, stop, indices))
+                pending.append((job, start, future))
 
         refill()
         while pending:

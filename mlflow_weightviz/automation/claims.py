@@ -344,9 +344,10 @@ class Claim:
             except WeightvizError:
                 continue
 
-    def _release(self) -> None:
+    def _release(self, *, written: bool = False) -> None:
+        """Stop the heartbeat and delete the claim tag if it is ours (held, or ``written`` by us)."""
         self._stop.set()
-        if self.client is None or not self.held:
+        if self.client is None or not (self.held or written):
             return
         # Best effort: a claim we cannot delete simply expires.
         with contextlib.suppress(WeightvizError):
@@ -431,10 +432,14 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         claim.holder = current
         yield claim
         return
-    # Wait long enough for any rival who read "no claim" to have landed its write too.
-    clock.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (clock.monotonic() - started))))
-    with _tracking.translate(f"reading the claim of run {run_id}"):
-        run = client.get_run(run_id)
+    try:
+        # Wait long enough for any rival who read "no claim" to have landed its write too.
+        clock.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (clock.monotonic() - started))))
+        with _tracking.translate(f"reading the claim of run {run_id}"):
+            run = client.get_run(run_id)
+    except BaseException:
+        claim._release(written=True)  # e.g. SIGTERM while settling: our write must not stay behind
+        raise
     current = parse_claim(run.data.tags.get(TAG_CLAIM))
     claim.tags = dict(run.data.tags)
     if current is None or current.owner != owner:
@@ -443,9 +448,10 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         return
     claim.held = True
     beat = threading.Thread(target=claim._heartbeat, name=f"weightviz-claim-{run_id[:8]}", daemon=True)
-    beat.start()
     try:
+        beat.start()
         yield claim
     finally:
         claim._release()
-        beat.join(timeout=5)
+        if beat.is_alive():
+            beat.join(timeout=5)
