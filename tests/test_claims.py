@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -312,12 +313,15 @@ def test_impossible_claims_count_as_no_claim_with_a_warning(index: int) -> None:
     clock = FakeClock()
     value = _impossible_claims(clock.now, 120.0)[index]
     client().set_tag(run_id, TAG_CLAIM, value)
-    with pytest.warns(WeightvizWarning, match=r"ignoring the claim tag weightviz\.claim"), \
-            claim_run(client(), run_id, lease_s=120, settle_s=0.1, clock=clock) as claim:
-        assert claim.held, value
-        info = parse_claim(claim_tag(run_id))
-        assert info is not None
-        assert info.owner == claim.owner
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with claim_run(client(), run_id, lease_s=120, settle_s=0.1, clock=clock) as claim:
+            held, owner, info = claim.held, claim.owner, parse_claim(claim_tag(run_id))
+    assert [str(w.message) for w in caught if issubclass(w.category, WeightvizWarning)], value
+    assert any("ignoring the claim tag weightviz.claim" in str(w.message) for w in caught)
+    assert held, value
+    assert info is not None
+    assert info.owner == owner
     assert claim_tag(run_id) is None  # ours, released; the impossible one was overwritten
 
 
