@@ -15,6 +15,7 @@ from mlflow_weightviz.errors import (
     RunNotFoundError,
     SnapshotFormatError,
     TrackingServerError,
+    UsageError,
     WeightvizError,
 )
 
@@ -38,6 +39,30 @@ _CONNECTION_MARKERS = ("Max retries exceeded", "Connection refused", "Connection
 _SERVER_ERRORS = re.compile(r"too many (\d{3}) error responses")
 # One file's failure inside ArtifactRepository.download_artifacts' summary message.
 _FILE_FAILURE = re.compile(r"##### File .*? #####\n(.*)", re.DOTALL)
+
+
+#: MLflow's error codes for a request it refuses as malformed: no retry can help.
+_REFUSED = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+
+
+def artifact_folder(path: str, option: str) -> str:
+    """``path`` checked as a relative artifact path in a run, without its trailing slashes.
+
+    Checked before any work, so a render that could not log never starts (MLflow refuses
+    such paths only when the files are logged).
+
+    Raises:
+        UsageError: ``path`` is empty, absolute, holds a backslash or a control
+            character, or has an empty, ``.`` or ``..`` part (``a//b``, ``./a``, ``../a``).
+    """
+    text = path.rstrip("/") if isinstance(path, str) else ""
+    parts = text.split("/")
+    if (not text or text.startswith("/") or "\\" in text or any(ord(c) < 32 or c == "\x7f" for c in text)
+            or any(p in ("", ".", "..") for p in parts)):
+        msg = (f"{option} must be a relative artifact folder such as 'weightviz' or 'a/b' (no leading '/', "
+               f"no empty, '.' or '..' parts); got {path!r}")
+        raise UsageError(msg)
+    return text
 
 
 def client(tracking_uri: str | None = None) -> MlflowClient:
@@ -64,20 +89,30 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def translate(action: str, *, writing: bool = False) -> Iterator[None]:
-    """Turn MLflow and HTTP failures during ``action`` into this package's errors."""
+def translate(action: str, *, writing: bool = False,
+              refused: type[WeightvizError] | None = None) -> Iterator[None]:
+    """Turn MLflow and HTTP failures during ``action`` into this package's errors.
+
+    Args:
+        action: What was being done, for the message.
+        writing: Failures are :class:`OutputError` rather than :class:`TrackingServerError`.
+        refused: The error for a request MLflow refuses as malformed
+            (``INVALID_PARAMETER_VALUE``), e.g. :class:`RunNotFoundError` for a run id no
+            run can have; by default it counts like any other MLflow failure.
+    """
     try:
         yield
     except WeightvizError:
         raise
     except Exception as exc:  # MLflow, HTTP and OS errors alike; anything unknown is re-raised as is
-        error = _classify(exc, action, writing)
+        error = _classify(exc, action, writing, refused)
         if error is None:
             raise
         raise error from exc
 
 
-def _classify(exc: Exception, action: str, writing: bool) -> WeightvizError | None:
+def _classify(exc: Exception, action: str, writing: bool,
+              refused: type[WeightvizError] | None = None) -> WeightvizError | None:
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
@@ -99,6 +134,8 @@ def _classify(exc: Exception, action: str, writing: bool) -> WeightvizError | No
         return TrackingServerError(f"{action}: the tracking server cannot be reached ({_short(detail)})")
     if isinstance(exc, MlflowException) and exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
         return RunNotFoundError(f"{action}: {_short(detail)}")
+    if refused is not None and isinstance(exc, MlflowException) and exc.error_code in _REFUSED:
+        return refused(f"{action}: {_short(detail)}")
     if isinstance(exc, (MlflowException, OSError)):
         kind = OutputError if writing else TrackingServerError
         return kind(f"{action}: {_short(detail)}")
@@ -121,7 +158,7 @@ def _short(text: str) -> str:
 
 def get_run(c: MlflowClient, run_id: str) -> Any:
     """The run, or RunNotFoundError / TrackingServerError."""
-    with translate(f"run {run_id}"):
+    with translate(f"run {run_id}", refused=RunNotFoundError):
         return c.get_run(run_id)
 
 
@@ -131,7 +168,7 @@ def list_files(c: MlflowClient, run_id: str, path: str) -> list[tuple[str, int]]
     A ``path`` naming a single file gives that file.
     """
     out: list[tuple[str, int]] = []
-    with translate(f"listing artifacts of run {run_id}"):
+    with translate(f"listing artifacts of run {run_id} at {path!r} (see --source)", refused=UsageError):
         stack = [path.strip("/")]
         while stack:
             current = stack.pop()

@@ -20,7 +20,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mlflow_weightviz import __version__
-from mlflow_weightviz.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, WeightvizError
+from mlflow_weightviz.errors import (
+    EXIT_CRASH,
+    EXIT_INTERRUPTED,
+    EXIT_RUNS_FAILED,
+    EXIT_TERMINATED,
+    Terminated,
+    WeightvizError,
+)
 from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, Format, Pool, RenderOptions, Scale, View
 from mlflow_weightviz.tags import Status
 
@@ -149,9 +156,12 @@ def _errors(debug: bool) -> Iterator[None]:
     Exit codes: each :class:`~mlflow_weightviz.errors.WeightvizError` has its own (2-8, see
     :mod:`mlflow_weightviz.errors`); 1 is left to ``batch`` and ``watch`` for "some runs
     failed"; an unexpected exception is :data:`~mlflow_weightviz.errors.EXIT_CRASH` (70);
-    Ctrl-C is 130. The environment variables and the mlflow logger level set here for
+    Ctrl-C is 130, SIGTERM 143 (raised as :class:`~mlflow_weightviz.errors.Terminated`
+    so that every ``finally`` runs; ``batch`` and ``watch`` install their own graceful
+    handlers inside). The environment variables and the mlflow logger level set here for
     the command are put back when it ends (the CLI may be called in-process).
     """
+    from mlflow_weightviz._signals import sigterm_raises
     from mlflow_weightviz._tracking import HTTP_DEFAULTS
 
     with _command_environment({
@@ -160,7 +170,7 @@ def _errors(debug: bool) -> Iterator[None]:
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         # mlflow sets its logger's level from this when it is imported (later, lazily).
         "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }), warnings.catch_warnings():
+    }), warnings.catch_warnings(), sigterm_raises():
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         try:
@@ -171,6 +181,11 @@ def _errors(debug: bool) -> Iterator[None]:
             if debug:
                 raise
             _fail(str(exc), exc.exit_code)
+        except Terminated:
+            if debug:
+                raise
+            _fail("terminated by SIGTERM; temporary files removed, nothing was logged or written",
+                  EXIT_TERMINATED)
         except KeyboardInterrupt:
             if debug:
                 raise

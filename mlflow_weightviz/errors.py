@@ -19,7 +19,10 @@
 Other exit codes of the command line: 0 success; :data:`EXIT_RUNS_FAILED` (1) ``batch`` or
 ``watch`` finished but some runs failed; :data:`EXIT_CRASH` (70, ``EX_SOFTWARE``) an
 unexpected exception, a bug (``--debug`` shows the traceback); :data:`EXIT_INTERRUPTED`
-(130) stopped by Ctrl-C or SIGTERM.
+(130) stopped by Ctrl-C (and ``batch``/``watch`` stopped by either signal);
+:data:`EXIT_TERMINATED` (143) ``render``, ``render-file``, ``inspect`` or ``demo`` stopped
+by SIGTERM. A command stopped by a signal cleans up as after Ctrl-C: its temporary
+folders are removed, its claim released, and nothing partial is logged or written.
 
 ``retryable`` says whether the same call may succeed later without anyone changing the
 input or the options: ``watch`` tries a failed run again at its next polls only then. A
@@ -32,6 +35,7 @@ __all__ = [
     "EXIT_CRASH",
     "EXIT_INTERRUPTED",
     "EXIT_RUNS_FAILED",
+    "EXIT_TERMINATED",
     "ClaimLostError",
     "MissingDependencyError",
     "OutputError",
@@ -41,6 +45,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotFormatError",
     "SnapshotsNotFoundError",
+    "Terminated",
     "TrackingServerError",
     "UsageError",
     "WeightvizError",
@@ -51,8 +56,19 @@ __all__ = [
 EXIT_RUNS_FAILED = 1
 #: An unexpected exception (a bug, not a problem of the input): ``EX_SOFTWARE`` of sysexits.h.
 EXIT_CRASH = 70
-#: Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+#: Stopped by SIGINT (128 + SIGINT, as shells report it); ``batch``/``watch`` also after SIGTERM.
 EXIT_INTERRUPTED = 130
+#: ``render``, ``render-file``, ``inspect`` and ``demo`` stopped by SIGTERM (128 + SIGTERM).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``.
+
+    Being a ``KeyboardInterrupt``, it passes every ``except Exception`` and runs every
+    ``finally`` and context manager on its way out, so a stopped render cleans up as
+    after Ctrl-C.
+    """
 
 
 class WeightvizError(Exception):

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import enum
+import math
 import warnings
 from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 from mlflow_weightviz.errors import UsageError
 
-__all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MIN_FRAME_MS", "Format", "GifOptions", "LookOptions",
-           "OutputOptions", "Pool", "RenderOptions", "Scale", "View", "WeightvizWarning", "span"]
+__all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MAX_DPI", "MAX_FRAME_MS", "MAX_GRID", "MIN_DPI",
+           "MIN_FRAME_MS", "Format", "GifOptions", "LookOptions", "OutputOptions", "Pool", "RenderOptions", "Scale",
+           "View", "WeightvizWarning", "span"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
+#: The longest delay a GIF can store (65535 hundredths of a second).
+MAX_FRAME_MS = 655_350
+#: Below this resolution the smallest text is under one pixel and the font engine refuses it.
+MIN_DPI = 20
+#: Above this a frame of a full grid runs into hundreds of megapixels.
+MAX_DPI = 600
+#: The most rows or columns of cells a frame can have (``max_rows``, ``max_cols``).
+MAX_GRID = 512
 
 
 class WeightvizWarning(UserWarning):
@@ -114,6 +124,11 @@ class LookOptions:
         set_(self, "rows", span(self.rows, "rows"))
         set_(self, "cols", span(self.cols, "cols"))
         set_(self, "view", _enum(View, self.view, "view"))
+        for name in ("vmin", "vmax"):
+            value = getattr(self, name)
+            if value is not None and not _finite(value):
+                msg = f"{name} must be a finite number; got {value}"
+                raise UsageError(msg)
         if self.vmin is not None and self.vmax is not None and not self.vmin < self.vmax:
             msg = f"vmin must be below vmax; got vmin={self.vmin} and vmax={self.vmax}"
             raise UsageError(msg)
@@ -123,9 +138,10 @@ class LookOptions:
             except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
                 msg = f"fmt must be a format pattern using {{x}}, such as '{{x:.3f}}'; got {self.fmt!r} ({exc})"
                 raise UsageError(msg) from None
-        for name in ("max_rows", "max_cols", "dpi"):
-            if getattr(self, name) < 1:
-                msg = f"{name} must be at least 1; got {getattr(self, name)}"
+        for name, low, high in (("max_rows", 1, MAX_GRID), ("max_cols", 1, MAX_GRID), ("dpi", MIN_DPI, MAX_DPI)):
+            value = getattr(self, name)
+            if not (_finite(value) and low <= value <= high):
+                msg = f"{name} must be from {low} to {high}; got {value}"
                 raise UsageError(msg)
         if self.cmap is not None:
             import matplotlib as mpl  # only when a colormap is named: plain options stay light
@@ -160,12 +176,15 @@ class GifOptions:
             raise UsageError(msg)
         frame_ms: float = self.frame_ms
         if fps is not None:
-            if fps <= 0:
-                msg = f"fps must be positive; got {fps}"
+            if not (_finite(fps) and fps >= 1000.0 / MAX_FRAME_MS):
+                msg = f"fps must be a finite number of at least {1000.0 / MAX_FRAME_MS:.4g}; got {fps}"
                 raise UsageError(msg)
             frame_ms = 1000.0 / fps
-        if self.hold_last_ms < 0:
-            msg = f"hold_last_ms must not be negative; got {self.hold_last_ms}"
+        elif not (_finite(frame_ms) and 0 <= frame_ms <= MAX_FRAME_MS):
+            msg = f"frame_ms must be from 0 to {MAX_FRAME_MS} (a GIF's longest delay); got {frame_ms}"
+            raise UsageError(msg)
+        if not (_finite(self.hold_last_ms) and 0 <= self.hold_last_ms <= MAX_FRAME_MS):
+            msg = f"hold_last_ms must be from 0 to {MAX_FRAME_MS} (a GIF's longest delay); got {self.hold_last_ms}"
             raise UsageError(msg)
         rounded = _round_delay(frame_ms)
         if rounded < MIN_FRAME_MS:
@@ -341,6 +360,14 @@ def span(value: Any, name: str) -> tuple[int, int] | None:
         msg = f"{name} must be a non-empty range START:STOP with 0 <= START < STOP; got {given!r}"
         raise UsageError(msg)
     return (start, stop)
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a real, finite number (not nan, not inf, not a bool)."""
+    try:
+        return not isinstance(value, bool) and math.isfinite(value)
+    except TypeError:
+        return False
 
 
 def _enum(kind: type[enum.Enum], value: Any, name: str) -> Any:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import signal
 import sys
 import threading
 from collections import deque
@@ -36,6 +37,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mlflow_weightviz._signals import shielded
 
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
@@ -198,6 +201,11 @@ def encode_range(job: LayerJob, start: int = 0, stop: int | None = None, *,
     return list(_encoded(job, start, result))
 
 
+def _worker_signals() -> None:
+    # A forked worker inherits the CLI's SIGTERM handler, which raises; a worker should just end.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class FramePool:
     """Worker processes that turn :class:`LayerJob` frames into GIF image blocks, in order.
 
@@ -226,7 +234,8 @@ class FramePool:
             context.set_forkserver_preload(list(_PRELOAD))
         self.workers = workers
         self.chunk = chunk
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        with shielded():
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_signals)
         self._ahead = 2 * workers  # chunks in flight: keeps workers busy, bounds memory
 
     def __enter__(self) -> FramePool:
@@ -234,7 +243,16 @@ class FramePool:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        with shielded():
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop the workers now, not after their chunk
+                self.terminate()
+            self.close()
+
+    def terminate(self) -> None:
+        """Stop the worker processes at once (their frames are dropped)."""
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.terminate()
 
     def peak_rss_mb(self) -> list[float]:
         """Each live worker's peak resident memory in MiB (Linux; empty elsewhere)."""
@@ -283,7 +301,9 @@ class FramePool:
                 if item is None:
                     return
                 job, start, stop = item
-                pending.append((job, start, self._pool.submit(_run_task, _tasks(job, start, stop, indices))))
+                with shielded():  # submit may start a worker: never leave one half started
+                    future = self._pool.submit(_run_task, _tasks(job, start, stop, indices))
+                pending.append((job, start, future))
 
         refill()
         while pending:

@@ -131,7 +131,10 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
         rendering the run right now (nothing is done here).
 
     Raises:
-        RunNotFoundError: The run does not exist.
+        UsageError: Bad options, e.g. a ``source`` or ``artifact_path`` that is not a
+            relative artifact folder, or a bad ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE``; nothing
+            was done then.
+        RunNotFoundError: The run does not exist, or its id is malformed.
         TrackingServerError: The tracking server cannot be reached.
         SnapshotError: No snapshots at ``source``, or they cannot be rendered.
         OutputError: The results cannot be written or logged.
@@ -141,6 +144,11 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
     if options.outputs.step_images is not None and not log:
         msg = "--step-images logs images to the run, so it cannot be used with --no-log"
         raise UsageError(msg)
+    # Checked before any work: a render that could not log must not touch the run.
+    source = _tracking.artifact_folder(source, "--source")
+    artifact_path = _tracking.artifact_folder(artifact_path, "--artifact-path")
+    if log:
+        claims.lease_from_env()
     client = _tracking.client(tracking_uri)
     run = _tracking.get_run(client, run_id)
     src = RunSource(client, run.info.run_id, source)
@@ -207,6 +215,7 @@ def render_file(path: str | os.PathLike[str], options: RenderOptions | None = No
 def inspect_run(run_id: str, *, source: str = "weights", tracking_uri: str | None = None,
                 allow_pickle: bool = False, layers: Sequence[str] = ()) -> list[LayerSummary]:
     """Summarise a run's snapshots per layer without rendering anything."""
+    source = _tracking.artifact_folder(source, "--source")
     client = _tracking.client(tracking_uri)
     run = _tracking.get_run(client, run_id)
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:

@@ -348,12 +348,12 @@ def test_failed_uploads_keep_training_going_and_keep_the_snapshots(tmp_path: Pat
     assert {s.step: float(s.load()[0, 0]) for s in snaps} == {0: 2.0, 1: 4.0, 2: 8.0, 3: 16.0, 4: 32.0}
 
 
-def test_flush_failure_while_training_fails_lets_the_training_error_through() -> None:
+def test_flush_failure_while_training_fails_lets_the_training_error_through(tmp_path: Path) -> None:
     import mlflow
 
     with mlflow.start_run() as run:
         _block_artifact_folder(run.info.run_id)
-        rec = wv.record({"w": np.ones((2, 2))})
+        rec = wv.record({"w": np.ones((2, 2))}, buffer_dir=tmp_path / "buf")  # not $TMPDIR: the test keeps nothing
 
         def train() -> None:
             with rec:
@@ -387,3 +387,24 @@ def test_unclosed_recorder_is_flushed_and_rendered_when_python_exits(tmp_path: P
     run_id = proc.stdout.split()[0]
     assert sorted(chunk_contents(run_id, uri=uri)) == [0, 1]
     assert artifact_files(run_id, "weightviz", uri) == ["weightviz/w.gif"]
+
+
+def test_buffer_folders_are_removed_or_hold_only_the_unsent_chunks(tmp_path: Path) -> None:
+    import mlflow
+
+    buf = tmp_path / "buffers"
+    with mlflow.start_run():
+        rec = wv.record({"kernel": np.ones((3, 2))}, buffer_dir=buf, chunk_steps=1, render=False)
+        for step in range(3):
+            rec.step(step)
+        rec.close()
+    assert list(buf.iterdir()) == []  # everything logged: no buffer folder, not even empty out/ or unsent/
+    with mlflow.start_run() as run:
+        _block_artifact_folder(run.info.run_id)
+        rec = wv.record({"kernel": np.ones((3, 2))}, buffer_dir=buf, render=False)
+        rec.step(0)
+        with pytest.raises(wv.OutputError, match="kept in"):
+            rec.close()
+    (kept,) = buf.iterdir()
+    assert [p.name for p in kept.iterdir()] == ["unsent"]  # the staging folder out/ is gone
+    assert [p.name for p in (kept / "unsent").iterdir()] == ["chunk_0-0.npz"]

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,137 @@ def test_guard_publishes_only_while_the_claim_is_ours(tmp_path: Path) -> None:
             guarded.deliver({"fc": staged}, then=lambda: called.append(True))
     assert not (out / "staged.gif").exists()
     assert called == []
+
+
+# ------------------------------------------------------------------ impossible claims
+
+
+def _impossible_claims(now: float, lease: float) -> list[str]:
+    here = socket.gethostname()
+    return [
+        "rival/41/k:NaN",
+        "rival/41/k:+Infinity",
+        "rival/41/k:3e308000",  # overflows to inf
+        f"{here}/{2**64 + 7}/k:{now + lease / 2:.3f}",  # a pid no process can have (and os.kill overflows)
+        f"{here}/0/k:{now + lease / 2:.3f}",
+        f"far-away/9/k:{now + lease + 7200:.3f}",  # written by nobody with this lease
+        f"far-away/9/k:{now * 50:.3f}",
+        "two words without a colon",
+        "rival/41/k:soon",
+    ]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_impossible_claims_count_as_no_claim_with_a_warning(index: int) -> None:
+    from mlflow_weightviz.options import WeightvizWarning
+
+    run_id = make_run()
+    clock = FakeClock()
+    value = _impossible_claims(clock.now, 120.0)[index]
+    client().set_tag(run_id, TAG_CLAIM, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with claim_run(client(), run_id, lease_s=120, settle_s=0.1, clock=clock) as claim:
+            held, owner, info = claim.held, claim.owner, parse_claim(claim_tag(run_id))
+    assert [str(w.message) for w in caught if issubclass(w.category, WeightvizWarning)], value
+    assert any("ignoring the claim tag weightviz.claim" in str(w.message) for w in caught)
+    assert held, value
+    assert info is not None
+    assert info.owner == owner
+    assert claim_tag(run_id) is None  # ours, released; the impossible one was overwritten
+
+
+def test_a_claim_within_lease_plus_clock_skew_is_honoured() -> None:
+    from mlflow_weightviz.automation.claims import CLOCK_SKEW_S
+
+    run_id = make_run()
+    clock = FakeClock()
+    value = f"ahead/3/q:{clock.now + 45 + CLOCK_SKEW_S / 2:.3f}"  # a clock a little ahead of ours
+    client().set_tag(run_id, TAG_CLAIM, value)
+    with claim_run(client(), run_id, lease_s=45, settle_s=0.1, clock=clock) as claim:
+        assert not claim.held
+        assert claim.holder is not None
+        assert claim.holder.owner == "ahead/3/q"
+    assert claim_tag(run_id) == value
+
+
+def test_describe_never_fails() -> None:
+    for expires in (float("nan"), float("inf"), -float("inf"), 1e300):
+        assert ClaimInfo("o/2/z", expires).describe().startswith("o/2/z (until ")
+
+
+@pytest.mark.parametrize("value", ["0", "-30", "nan", "inf", "4.9", "86401", "1e12", "ten", "-inf"])
+def test_lease_variable_out_of_range_is_a_usage_error(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz import UsageError
+    from mlflow_weightviz.automation.claims import LEASE_ENV, lease_from_env
+
+    monkeypatch.setenv(LEASE_ENV, value)
+    with pytest.raises(UsageError, match=f"{LEASE_ENV} must be a number of seconds from 5 to 86400"):
+        lease_from_env()
+    run_id = make_run()
+    with pytest.raises(UsageError), claim_run(client(), run_id, clock=FakeClock()):
+        pass
+    assert claim_tag(run_id) is None  # nothing written
+
+
+@pytest.mark.parametrize(("value", "lease"), [("", 600.0), ("5", 5.0), ("86400", 86400.0), (" 90.5 ", 90.5)])
+def test_lease_variable_in_range(value: str, lease: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz.automation.claims import LEASE_ENV, lease_from_env
+
+    monkeypatch.setenv(LEASE_ENV, value)
+    assert lease_from_env() == lease
+
+
+@pytest.mark.parametrize("lease", [0.0, -2.0, float("nan"), float("inf"), 1e7])
+def test_lease_argument_must_be_positive_and_finite(lease: float) -> None:
+    from mlflow_weightviz import UsageError
+
+    run_id = make_run()
+    with pytest.raises(UsageError, match="lease_s must be"), claim_run(client(), run_id, lease_s=lease,
+                                                                       clock=FakeClock()):
+        pass
+    assert claim_tag(run_id) is None
+
+
+# ------------------------------------------------------------------ end to end: the CLI
+
+
+def _logged_run(tmp_path: Path) -> str:
+    from tests.helpers import log_folder, training_series, write_canonical
+
+    run_id = make_run()
+    write_canonical(tmp_path / "snaps", {"dense": training_series(3, (3, 5))}, [0, 4, 8])
+    log_folder(run_id, tmp_path / "snaps")
+    return run_id
+
+
+def test_cli_renders_past_impossible_claims_and_batch_plans_past_them(tmp_path: Path) -> None:
+    import time
+
+    from tests.helpers import artifact_files, run_cli
+
+    run_id = _logged_run(tmp_path)
+    here = socket.gethostname()
+    for value in ("w/5/x:-NaN", f"{here}/{2**80}/x:{time.time() + 100:.0f}"):
+        client().set_tag(run_id, TAG_CLAIM, value)
+        plan = run_cli("batch", "-e", "tests", "--dry-run", "--force", cwd=tmp_path)
+        assert plan.code == 0, plan.stderr
+        assert "dry run: 1 would render" in plan.stdout
+        assert "ignoring the claim tag" in plan.stderr
+    client().set_tag(run_id, TAG_CLAIM, "otherhost/7/abc:5e11")  # far beyond now + lease
+    cli = run_cli("render", run_id, "--force", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    assert "ignoring the claim tag weightviz.claim='otherhost/7/abc:5e11'" in cli.stderr
+    assert artifact_files(run_id, "weightviz") == ["weightviz/dense.gif"]
+    assert claim_tag(run_id) is None
+
+
+@pytest.mark.parametrize("lease", ["-1", "inf"])
+def test_cli_bad_lease_is_exit_2_and_touches_nothing(tmp_path: Path, lease: str) -> None:
+    from tests.helpers import artifact_files, assert_one_line_error, run_cli
+
+    run_id = _logged_run(tmp_path)
+    cli = run_cli("render", run_id, cwd=tmp_path, env={"MLFLOW_WEIGHTVIZ_CLAIM_LEASE": lease})
+    assert_one_line_error(cli, 2, "MLFLOW_WEIGHTVIZ_CLAIM_LEASE must be a number of seconds from 5 to 86400")
+    assert artifact_files(run_id, "weightviz") == []
+    assert [k for k in client().get_run(run_id).data.tags if k.startswith("weightviz.")] == []

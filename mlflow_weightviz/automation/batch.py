@@ -13,13 +13,14 @@ one failing run never stops the others.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz.automation._search import resolve_experiment, run_name, search_runs
-from mlflow_weightviz.automation.claims import parse_claim
+from mlflow_weightviz.automation.claims import honoured_claim, lease_from_env
 from mlflow_weightviz.automation.executors import RenderJob, RunOutcome, count_statuses, execute, one_line
 from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError, WeightvizError
 from mlflow_weightviz.options import RenderOptions
@@ -89,7 +90,8 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
         One outcome per run looked at.
 
     Raises:
-        UsageError: Bad option values or a bad filter.
+        UsageError: Bad option values (also ``source``, ``artifact_path`` or
+            ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE``) or a bad filter.
         RunNotFoundError: The experiment does not exist.
         TrackingServerError: The run search failed.
         MissingDependencyError: ``scheduler`` without Dask installed.
@@ -103,6 +105,9 @@ def render_experiment(experiment: str, options: RenderOptions | None = None, *, 
     if max_runs is not None and max_runs < 1:
         msg = f"--max-runs must be at least 1; got {max_runs}"
         raise UsageError(msg)
+    source = _tracking.artifact_folder(source, "--source")
+    artifact_path = _tracking.artifact_folder(artifact_path, "--artifact-path")
+    lease_from_env()  # a bad lease fails here once, not in every run
     options = options or RenderOptions()
     client = _tracking.client(tracking_uri)
     exp_id, exp_name = resolve_experiment(client, experiment)
@@ -162,7 +167,7 @@ def _plan(client: MlflowClient, job: RenderJob, tags: dict[str, str]) -> RunOutc
                           retryable=exc.retryable, error=type(exc).__name__)
     if up_to_date:
         return RunOutcome(job.run_id, Status.UP_TO_DATE, job.run_name)
-    claim = parse_claim(tags.get(TAG_CLAIM))
-    if claim is not None and claim.valid():
+    claim = honoured_claim(tags.get(TAG_CLAIM), now=time.time(), lease_s=lease_from_env(), run_id=job.run_id)
+    if claim is not None:
         return RunOutcome(job.run_id, Status.CLAIMED, job.run_name, f"being rendered by {claim.describe()}")
     return RunOutcome(job.run_id, Status.WOULD_RENDER, job.run_name)

@@ -21,6 +21,12 @@ its write for longer than the settle time) is covered by the backstop: artifact 
 are fixed and the tags are set after the artifacts, so a second render overwrites the
 same files with the same content and the tags stay consistent.
 
+A claim that cannot be valid is not honoured: a tag that does not parse, an expiry that
+is not a finite number, a same-host pid that no process can have, or an expiry more than
+one lease (plus :data:`CLOCK_SKEW_S` of slack for clocks that disagree) in the future
+counts as no claim, with a :class:`~mlflow_weightviz.options.WeightvizWarning` saying
+so. Renderers sharing a store should therefore use the same lease.
+
 The check for a dead owner on this host uses ``os.kill(pid, 0)``, which is POSIX-only;
 the package declares POSIX in its metadata. Time comes from a :class:`Clock`, so the
 logic can be tested without waiting.
@@ -29,18 +35,21 @@ logic can be tested without waiting.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mlflow_weightviz import _tracking
-from mlflow_weightviz.errors import ClaimLostError, OutputError, WeightvizError
+from mlflow_weightviz.errors import ClaimLostError, OutputError, UsageError, WeightvizError
+from mlflow_weightviz.options import WeightvizWarning
 from mlflow_weightviz.tags import TAG_CLAIM
 
 if TYPE_CHECKING:
@@ -50,8 +59,9 @@ if TYPE_CHECKING:
 
     from mlflow_weightviz.sinks import Sink
 
-__all__ = ["SYSTEM_CLOCK", "TAG_CLAIM", "Claim", "ClaimInfo", "ClaimLostError", "Clock", "GuardedSink", "SystemClock",
-           "claim_run", "parse_claim"]
+__all__ = ["CLOCK_SKEW_S", "MAX_LEASE_S", "MIN_LEASE_S", "SYSTEM_CLOCK", "TAG_CLAIM", "Claim", "ClaimInfo",
+           "ClaimLostError", "Clock", "GuardedSink", "SystemClock", "claim_run", "honoured_claim", "lease_from_env",
+           "parse_claim"]
 
 #: Seconds a claim is valid without renewal; the heartbeat renews it every third of that.
 DEFAULT_LEASE_S = 600.0
@@ -60,6 +70,15 @@ DEFAULT_SETTLE_S = 0.5
 LEASE_ENV = "MLFLOW_WEIGHTVIZ_CLAIM_LEASE"
 SETTLE_ENV = "MLFLOW_WEIGHTVIZ_CLAIM_SETTLE"
 _MAX_SETTLE_S = 10.0
+#: The range ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE`` must lie in: shorter leases beat the
+#: server several times a second, longer ones block a crashed renderer's run for days.
+MIN_LEASE_S = 5.0
+MAX_LEASE_S = 86400.0
+#: How far another host's clock may run ahead of ours: a claim that expires later than
+#: now + lease + this cannot have been written by a renderer with the same lease.
+CLOCK_SKEW_S = 60.0
+#: Pids above this are not process ids on any POSIX system (Linux's pid_max is 2**22).
+_MAX_PID = 2**31 - 1
 
 _PROCESS_ID = uuid.uuid4().hex[:12]
 
@@ -120,14 +139,35 @@ class ClaimInfo:
         A claim made on this host by a process that no longer exists is void at once, so
         a rerun after a crash does not wait out the lease.
         """
-        if self.expires_at <= (time.time() if now is None else now):
+        if not math.isfinite(self.expires_at) or self.expires_at <= (time.time() if now is None else now):
             return False
         return not _dead_local_owner(self.owner)
 
+    def problem(self, now: float, lease_s: float) -> str | None:
+        """Why this claim cannot be valid, or ``None`` when it may be.
+
+        Its expiry must be a finite time at most ``lease_s`` + :data:`CLOCK_SKEW_S` after
+        ``now`` (a renderer writes now + its lease), and a pid of this host must be one a
+        process can have.
+        """
+        if not math.isfinite(self.expires_at):
+            return f"its expiry {self.expires_at} is not a time"
+        if self.expires_at > now + lease_s + CLOCK_SKEW_S:
+            return (f"it expires {self.expires_at - now:.0f} s from now, more than the lease of {lease_s:g} s "
+                    f"(+{CLOCK_SKEW_S:g} s of clock skew)")
+        host, _, rest = self.owner.partition("/")
+        pid_text = rest.partition("/")[0]
+        if host == socket.gethostname() and pid_text.isdigit() and not 0 < int(pid_text) <= _MAX_PID:
+            return f"its pid {pid_text} is not a process id"
+        return None
+
     def describe(self) -> str:
         """``owner (until HH:MM:SS UTC)`` for messages."""
-        until = time.strftime("%H:%M:%S", time.gmtime(self.expires_at))
-        return f"{self.owner} (until {until} UTC)"
+        try:
+            until = time.strftime("%H:%M:%S", time.gmtime(self.expires_at)) + " UTC"
+        except (OverflowError, OSError, ValueError):  # not a time gmtime can show
+            until = f"expiry {self.expires_at}"
+        return f"{self.owner} (until {until})"
 
 
 def _dead_local_owner(owner: str) -> bool:
@@ -138,9 +178,11 @@ def _dead_local_owner(owner: str) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         return False
+    if not 0 < pid <= _MAX_PID:
+        return True  # no process has it (and os.kill would overflow a C long)
     try:
         os.kill(pid, 0)  # signal 0: existence check only (POSIX; see the module docstring)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return True
     except PermissionError:
         return False  # alive, owned by another user
@@ -158,12 +200,68 @@ def parse_claim(value: str | None) -> ClaimInfo | None:
         return None
 
 
-def _env_seconds(name: str, default: float) -> float:
-    text = os.environ.get(name)
+def honoured_claim(value: str | None, *, now: float, lease_s: float, run_id: str = "") -> ClaimInfo | None:
+    """The claim in tag ``value`` if it holds the run now, else ``None``.
+
+    A claim that cannot be valid (see :meth:`ClaimInfo.problem`, or a value that does not
+    parse) counts as no claim, with a :class:`~mlflow_weightviz.options.WeightvizWarning`;
+    an expired claim, or one of a process of this host that is gone, silently so.
+    """
+    if not value:
+        return None
+    where = f"run {run_id}: " if run_id else ""
+    info = parse_claim(value)
+    problem = "it does not read as <owner>:<expires-at>" if info is None else info.problem(now, lease_s)
+    if problem is not None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        warnings.warn(f"{where}ignoring the claim tag {TAG_CLAIM}={shown!r}: {problem}", WeightvizWarning,
+                      stacklevel=2)
+        return None
+    assert info is not None
+    return info if info.valid(now) else None
+
+
+def lease_from_env() -> float:
+    """The lease length: ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE`` seconds, else 600.
+
+    Raises:
+        UsageError: The variable is set to anything but a number of seconds from
+            :data:`MIN_LEASE_S` to :data:`MAX_LEASE_S`.
+    """
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE_S
     try:
-        return float(text) if text else default
+        lease = float(text)
     except ValueError:
-        return default
+        lease = math.nan
+    if not MIN_LEASE_S <= lease <= MAX_LEASE_S:  # also false for nan
+        msg = (f"{LEASE_ENV} must be a number of seconds from {MIN_LEASE_S:g} to {MAX_LEASE_S:g}; "
+               f"got {text!r}")
+        raise UsageError(msg)
+    return lease
+
+
+def _settle_from_env() -> float:
+    text = os.environ.get(SETTLE_ENV, "").strip()
+    if not text:
+        return DEFAULT_SETTLE_S
+    try:
+        settle = float(text)
+    except ValueError:
+        settle = math.nan
+    if not 0 <= settle <= _MAX_SETTLE_S:
+        msg = f"{SETTLE_ENV} must be a number of seconds from 0 to {_MAX_SETTLE_S:g}; got {text!r}"
+        raise UsageError(msg)
+    return settle
+
+
+def _check_lease(value: float) -> float:
+    # The API may use short leases (tests do); the upper bound keeps the heartbeat's wait legal.
+    if not 0 < value <= MAX_LEASE_S:
+        msg = f"lease_s must be a number of seconds above 0 and at most {MAX_LEASE_S:g}; got {value}"
+        raise UsageError(msg)
+    return value
 
 
 @dataclass
@@ -246,9 +344,10 @@ class Claim:
             except WeightvizError:
                 continue
 
-    def _release(self) -> None:
+    def _release(self, *, written: bool = False) -> None:
+        """Stop the heartbeat and delete the claim tag if it is ours (held, or ``written`` by us)."""
         self._stop.set()
-        if self.client is None or not self.held:
+        if self.client is None or not (self.held or written):
             return
         # Best effort: a claim we cannot delete simply expires.
         with contextlib.suppress(WeightvizError):
@@ -290,9 +389,10 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         client: The tracking client.
         run_id: The run to claim.
         enabled: ``False`` yields a held claim without touching the run (local-only renders).
-        lease_s: Lease length; default ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE`` or 600 s.
+        lease_s: Lease length, positive and finite; default ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE``
+            (5 to 86400 s) or 600 s.
         settle_s: Shortest wait before reading the claim back; default
-            ``MLFLOW_WEIGHTVIZ_CLAIM_SETTLE`` or 0.5 s.
+            ``MLFLOW_WEIGHTVIZ_CLAIM_SETTLE`` (0 to 10 s) or 0.5 s.
         clock: Where time comes from and how to wait (tests pass a fake one).
 
     Yields:
@@ -300,18 +400,21 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         was written.
 
     Raises:
+        UsageError: A bad lease or settle time (argument or environment variable).
         TrackingServerError: The server cannot be reached.
         OutputError: The claim tag cannot be written.
     """
     if not enabled:
         yield Claim(run_id, held=True, clock=clock)
         return
-    lease = lease_s if lease_s is not None else _env_seconds(LEASE_ENV, DEFAULT_LEASE_S)
-    settle = settle_s if settle_s is not None else _env_seconds(SETTLE_ENV, DEFAULT_SETTLE_S)
+    lease = _check_lease(lease_s) if lease_s is not None else lease_from_env()
+    settle = settle_s if settle_s is not None else _settle_from_env()
     owner = f"{socket.gethostname()}/{os.getpid()}/{_PROCESS_ID}-{uuid.uuid4().hex[:6]}"
     claim = Claim(run_id, held=False, client=client, owner=owner, lease_s=lease, clock=clock)
-    current = claim._read()
-    if current is not None and current.valid(clock.time()):
+    with _tracking.translate(f"reading the claim of run {run_id}"):
+        tag = client.get_run(run_id).data.tags.get(TAG_CLAIM)
+    current = honoured_claim(tag, now=clock.time(), lease_s=lease, run_id=run_id)
+    if current is not None:
         claim.holder = current
         yield claim
         return
@@ -321,16 +424,22 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
     except OutputError:
         # SQL stores insert a new tag with a unique key: of two first writes at the same
         # moment one is refused. The refused one lost the race if a rival claim is there.
-        current = claim._read()
-        if current is None or not current.valid(clock.time()):
+        with _tracking.translate(f"reading the claim of run {run_id}"):
+            tag = client.get_run(run_id).data.tags.get(TAG_CLAIM)
+        current = honoured_claim(tag, now=clock.time(), lease_s=lease, run_id=run_id)
+        if current is None:
             raise
         claim.holder = current
         yield claim
         return
-    # Wait long enough for any rival who read "no claim" to have landed its write too.
-    clock.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (clock.monotonic() - started))))
-    with _tracking.translate(f"reading the claim of run {run_id}"):
-        run = client.get_run(run_id)
+    try:
+        # Wait long enough for any rival who read "no claim" to have landed its write too.
+        clock.sleep(min(_MAX_SETTLE_S, max(settle, 4 * (clock.monotonic() - started))))
+        with _tracking.translate(f"reading the claim of run {run_id}"):
+            run = client.get_run(run_id)
+    except BaseException:
+        claim._release(written=True)  # e.g. SIGTERM while settling: our write must not stay behind
+        raise
     current = parse_claim(run.data.tags.get(TAG_CLAIM))
     claim.tags = dict(run.data.tags)
     if current is None or current.owner != owner:
@@ -339,9 +448,10 @@ def claim_run(client: MlflowClient, run_id: str, *, enabled: bool = True, lease_
         return
     claim.held = True
     beat = threading.Thread(target=claim._heartbeat, name=f"weightviz-claim-{run_id[:8]}", daemon=True)
-    beat.start()
     try:
+        beat.start()
         yield claim
     finally:
         claim._release()
-        beat.join(timeout=5)
+        if beat.is_alive():
+            beat.join(timeout=5)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz.automation._search import and_filters, resolve_experiment, run_name, search_runs
+from mlflow_weightviz.automation.claims import lease_from_env
 from mlflow_weightviz.automation.executors import RenderJob, RunOutcome, count_statuses, one_line, render_job
 from mlflow_weightviz.errors import TrackingServerError, UsageError
 from mlflow_weightviz.options import RenderOptions
@@ -28,8 +29,8 @@ from mlflow_weightviz.tags import Status
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-__all__ = ["WATCH_FULL_PASS_S", "WATCH_MAX_ATTEMPTS", "WATCH_OVERLAP_S", "WatchReport", "parse_since",
-           "watch_experiment"]
+__all__ = ["MAX_INTERVAL_S", "MIN_INTERVAL_S", "WATCH_FULL_PASS_S", "WATCH_MAX_ATTEMPTS", "WATCH_OVERLAP_S",
+           "WatchReport", "parse_since", "watch_experiment"]
 
 #: watch re-reads runs that ended this long before its last complete poll (clock skew, late tags).
 WATCH_OVERLAP_S = 15 * 60
@@ -37,6 +38,11 @@ WATCH_OVERLAP_S = 15 * 60
 WATCH_FULL_PASS_S = 60 * 60
 #: Renders of a run whose failure is retryable, before watch gives up on it.
 WATCH_MAX_ATTEMPTS = 3
+#: The range of ``--interval``: shorter polls hammer the server, longer ones never come.
+MIN_INTERVAL_S = 0.1
+MAX_INTERVAL_S = 7 * 86400.0
+#: ``--since`` may lie this far in the future (time zones, clock skew); later is an error.
+_SINCE_FUTURE_S = 86400.0
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.IGNORECASE)
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -71,21 +77,31 @@ def parse_since(text: str, *, now: float | None = None) -> float:
     duration before now such as ``2h``, ``30m``, ``7d``, ``1h30m``, ``90s``, ``1w``.
 
     Raises:
-        UsageError: Neither form.
+        UsageError: Neither form, or a time before 1970 or more than a day after ``now``.
     """
     value = text.strip()
+    now = time.time() if now is None else now
     if value and _DURATION.sub("", value).strip() == "" and _DURATION.search(value):
         seconds = sum(float(n) * _UNITS[u.lower()] for n, u in _DURATION.findall(value))
-        return (time.time() if now is None else now) - seconds
+        return _since_in_range(now - seconds, text, now)
     if value[-1:] in ("Z", "z") and value[10:11] in ("T", "t", " "):
         # datetime.fromisoformat reads "Z" only from Python 3.11 on; "+00:00" means the same.
         value = value[:-1] + "+00:00"
     try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
+        when = datetime.fromisoformat(value).timestamp()
+    except (ValueError, OverflowError, OSError):
         msg = (f"--since must be an ISO date-time such as 2024-05-01T12:00 or a duration such as 2h, 30m or 7d; "
                f"got {text!r}")
         raise UsageError(msg) from None
+    return _since_in_range(when, text, now)
+
+
+def _since_in_range(when: float, given: object, now: float) -> float:
+    # The store compares end times in integer milliseconds: keep to times it can hold and that make sense.
+    if not 0 <= when <= now + _SINCE_FUTURE_S:  # also false for nan
+        msg = f"--since must lie between 1970-01-01 and now; got {given!r}"
+        raise UsageError(msg)
+    return when
 
 
 def watch_experiment(experiment: str, options: RenderOptions | None = None, *, interval: float = 30.0,
@@ -107,7 +123,8 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
     Args:
         experiment: Experiment name or id.
         options: Render options.
-        interval: Seconds between the start of one poll and the next.
+        interval: Seconds between the start of one poll and the next, from
+            :data:`MIN_INTERVAL_S` to :data:`MAX_INTERVAL_S`.
         since: Only runs that finished after this time (see :func:`parse_since`).
         once: Do one poll and return (same as ``max_iterations=1``).
         max_iterations: Stop after this many polls.
@@ -132,18 +149,29 @@ def watch_experiment(experiment: str, options: RenderOptions | None = None, *, i
         not looked at again by this watcher.
 
     Raises:
-        UsageError: Bad option values or a bad filter.
+        UsageError: Bad option values (also ``source``, ``artifact_path`` or
+            ``MLFLOW_WEIGHTVIZ_CLAIM_LEASE``) or a bad filter.
         RunNotFoundError: The experiment does not exist.
     """
-    if interval <= 0:
-        msg = f"--interval must be positive; got {interval}"
+    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:  # also false for nan
+        msg = f"--interval must be from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds; got {interval}"
         raise UsageError(msg)
     if max_iterations is not None and max_iterations < 1:
         msg = f"--max-iterations must be at least 1; got {max_iterations}"
         raise UsageError(msg)
     if once:
         max_iterations = 1
-    since_s = since.timestamp() if isinstance(since, datetime) else parse_since(since) if since else None
+    if isinstance(since, datetime):
+        try:
+            since_s: float | None = _since_in_range(since.timestamp(), since.isoformat(), time.time())
+        except (OverflowError, OSError, ValueError):
+            msg = f"--since must lie between 1970-01-01 and now; got {since!r}"
+            raise UsageError(msg) from None
+    else:
+        since_s = parse_since(since) if since else None
+    source = _tracking.artifact_folder(source, "--source")
+    artifact_path = _tracking.artifact_folder(artifact_path, "--artifact-path")
+    lease_from_env()  # a bad lease fails here once, not in every run
     options = options or RenderOptions()
     stop = stop if stop is not None else threading.Event()
     client = _tracking.client(tracking_uri)

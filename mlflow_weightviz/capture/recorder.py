@@ -406,6 +406,9 @@ class Recorder:
             self._upload()
         except WeightvizError as err:
             kept = self._keep_unsent()
+            if not any(kept.iterdir()):  # nothing was left unsent: keep no empty folders behind
+                shutil.rmtree(self._dir, ignore_errors=True)
+                raise
             msg = (f"{err}; the snapshots not yet logged are kept in {kept}: log them with "
                    f"MlflowClient().log_artifacts({self.run_id!r}, {os.fspath(kept)!r}, "
                    f"{self.settings.artifact_path!r}) or render them with: mlflow-weightviz render-file {kept}")
@@ -413,6 +416,7 @@ class Recorder:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _keep_unsent(self) -> Path:
+        shutil.rmtree(self._dir / "out", ignore_errors=True)  # staging: only unsent/ is worth keeping
         kept = self._dir / "unsent"
         kept.mkdir(exist_ok=True)
         for seg in [*self._sealed, *([self._segment] if self._segment is not None else [])]:

@@ -89,7 +89,8 @@ class RecordSettings:
                 msg = f"layers must be one or more non-empty name globs such as '*.weight'; got {layers!r}"
                 raise UsageError(msg)
         for name, path in (("artifact_path", artifact_path), ("render_artifact_path", render_artifact_path)):
-            if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
+            # Surrounding slashes are dropped; inside, no empty, "." or ".." part (checked again by render_run).
+            if not isinstance(path, str) or any(p in ("", ".", "..") for p in path.strip("/").split("/")):
                 msg = f"{name} must be a relative artifact folder such as 'weights'; got {path!r}"
                 raise UsageError(msg)
         if artifact_path.strip("/") == render_artifact_path.strip("/"):
