@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def measure(name: str, build: Any, reps: int, steps: int, work: Path) -> dict[st
 
 def report(rows: list[dict[str, Any]]) -> str:
     lines = ["# Capture cost: `record()` against a naive `state_dict()` → numpy → `np.savez`", "",
-             f"Run on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
+             f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
              f"{os.cpu_count()} CPUs (shared with other work; wall-clock times, read the ratios). "
              "Produced by `benchmarks/bench_capture.py` in one run; every layer recorded (`layers=\"*\"`), "
              "default 64×64 grid, CPU.", "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,7 @@ def test_since_outside_what_the_store_holds_is_a_usage_error(since: str) -> None
 
 def test_since_as_a_datetime_is_checked_too() -> None:
     with pytest.raises(wv.UsageError, match="--since must lie between"):
-        watch_experiment("tests", since=datetime(7777, 1, 1, tzinfo=timezone.utc), once=True)
+        watch_experiment("tests", since=datetime(7777, 1, 1, tzinfo=UTC), once=True)
 
 
 def test_malformed_run_id_is_exit_4_and_a_refused_source_exit_2(tmp_path: Path) -> None:

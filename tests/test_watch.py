@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +126,8 @@ def test_parse_since() -> None:
     assert parse_since("1h30m", now=now) == now - 5400
     assert parse_since("7d", now=now) == now - 7 * 86400
     assert parse_since("90s", now=now) == now - 90
-    assert parse_since("2024-05-01T12:00:00Z") == datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()
-    assert parse_since("2024-05-01T14:00+02:00") == datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()
+    assert parse_since("2024-05-01T12:00:00Z") == datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()
+    assert parse_since("2024-05-01T14:00+02:00") == datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()
     assert parse_since("2024-05-01") == datetime(2024, 5, 1).timestamp()  # local midnight
     for bad in ("yesterday", "2h ago", "", "12"):
         with pytest.raises(wv.UsageError, match="--since must be"):
@@ -136,7 +136,7 @@ def test_parse_since() -> None:
 
 def test_parse_since_reads_the_z_suffix_without_python_311() -> None:
     # datetime.fromisoformat reads "Z" only from Python 3.11 on; parse_since must not depend on it.
-    noon = datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()
+    noon = datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()
     for text in ("2024-05-01T12:00:00Z", "2024-05-01T12:00Z", "2024-05-01 12:00:00z", " 2024-05-01T12:00:00Z "):
         assert parse_since(text) == noon, text
     assert parse_since("2024-05-01T12:00:00.250000Z") == noon + 0.25
