@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,12 @@ def output_dir() -> Path:
 
 def has_command(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+@pytest.fixture
+def pair() -> Iterator[list[Any]]:
+    """Heatmap renderers a test makes, closed when it ends (their figures hold memory)."""
+    made: list[Any] = []
+    yield made
+    for r in made:
+        r.close()

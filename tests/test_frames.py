@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,6 @@ import pytest
 from mlflow_weightviz.frames import HeatmapRenderer
 from tests.helpers import NEGATIVE_ZERO
 from tests.render_helpers import assert_composed, assert_same_look, make, roundtrip
-
-
-@pytest.fixture
-def pair() -> Iterator[list[HeatmapRenderer]]:
-    made: list[HeatmapRenderer] = []
-    yield made
-    for r in made:
-        r.close()
 
 
 def test_wrong_shape_is_refused(pair: list[HeatmapRenderer]) -> None:

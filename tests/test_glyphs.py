@@ -3,7 +3,6 @@ like matplotlib's own drawing of the same frame."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -13,14 +12,6 @@ import pytest
 from mlflow_weightviz import _glyphs
 from mlflow_weightviz.frames import HeatmapRenderer, format_value, text_is_dark
 from tests.render_helpers import assert_composed, assert_same_ink, assert_same_look, make, roundtrip
-
-
-@pytest.fixture
-def pair() -> Iterator[list[HeatmapRenderer]]:
-    made: list[HeatmapRenderer] = []
-    yield made
-    for r in made:
-        r.close()
 
 
 def test_installed_matplotlib_is_supported() -> None:
