@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlflow_weightviz.snapshots import LazyArray, Reduced, Snapshot
 
-__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "layer_stats", "metric_key"]
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "collect", "layer_stats", "metric_key", "read_logged",
+           "stats_by_step"]
 
 #: Every metric key starts with this.
 METRIC_PREFIX = "weightviz"
@@ -207,3 +212,51 @@ def _reduced_stats(snap: Snapshot, meta: Reduced) -> StepStats:
                      max_abs=float(fin_max.max()) if fin_max.size else 0.0,
                      rms=norm / math.sqrt(finite) if finite else 0.0,
                      nonfinite=1.0 - finite / total if total else 0.0)
+
+
+def collect(layers: Mapping[str, Sequence[Snapshot]],
+            logged: Mapping[str, Sequence[StepStats]] | None = None) -> dict[str, list[StepStats]]:
+    """Every layer's statistics, computed once: read back where logged, computed from snapshots otherwise.
+
+    ``logged`` (from :func:`read_logged`) wins for the steps it has: ``record()`` measured
+    those on the full tensors, exact even where only block statistics were stored.
+    """
+    out: dict[str, list[StepStats]] = {}
+    for name, snaps in layers.items():
+        have = stats_by_step((logged or {}).get(name, ()))
+        if have and all(s.step in have for s in snaps):
+            out[name] = [have[s.step] for s in snaps]
+            continue
+        computed = layer_stats(snaps)
+        out[name] = [have.get(c.step, c) for c in computed]
+    return out
+
+
+def read_logged(client: MlflowClient, run_id: str, layers: Iterable[str],
+                metrics: Mapping[str, float] | None = None) -> dict[str, list[StepStats]]:
+    """The statistics a run already has as ``weightviz/<layer>/<stat>`` metrics, by layer, in step order.
+
+    ``metrics`` is the run's latest metrics (``run.data.metrics``), used to skip layers that
+    have none without a request each.
+    """
+    if metrics is None:
+        metrics = client.get_run(run_id).data.metrics
+    out: dict[str, list[StepStats]] = {}
+    for layer in layers:
+        if metric_key(layer, "norm") not in metrics:
+            continue
+        series: dict[str, dict[int, float]] = {}
+        for stat in STAT_NAMES:
+            key = metric_key(layer, stat)
+            if key in metrics:
+                series[stat] = {m.step: float(m.value) for m in client.get_metric_history(run_id, key)}
+        norms = series.get("norm", {})
+        out[layer] = [
+            StepStats(step=step, norm=norm,
+                      update_ratio=series.get("update_ratio", {}).get(step),
+                      drift=series.get("drift", {}).get(step),
+                      max_abs=series.get("max_abs", {}).get(step, math.nan),
+                      rms=series.get("rms", {}).get(step, math.nan),
+                      nonfinite=series.get("nonfinite", {}).get(step, 0.0))
+            for step, norm in sorted(norms.items())]
+    return out

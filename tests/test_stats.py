@@ -88,3 +88,24 @@ def test_reduced_snapshots_give_exact_norm_rms_max(tmp_path: Path) -> None:
 def test_metric_key_is_a_valid_mlflow_key() -> None:
     assert stats.metric_key("fc1.weight", "norm") == "weightviz/fc1.weight/norm"
     assert stats.metric_key("layers[0]:w", "drift") == "weightviz/layers_0__w/drift"
+
+
+def test_logged_statistics_are_read_back_and_win(tmp_path: Path, embedded_store: str) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import make_run
+
+    series = training_series(3, (4, 4))
+    write_canonical(tmp_path, {"fc1": series, "fc2": series}, [0, 1, 2])
+    layers = group_layers(read_snapshots(tmp_path))
+    run_id = make_run(embedded_store)
+    client = MlflowClient(embedded_store)
+    # As record() logs them: exact figures measured on the device, here made recognisable.
+    client.log_batch(run_id, metrics=[Metric(stats.metric_key("fc1", k), v, 0, s)
+                                      for s in (0, 1, 2) for k, v in (("norm", 100.0 + s), ("update_ratio", 0.5))])
+    logged = stats.read_logged(client, run_id, layers)
+    assert set(logged) == {"fc1"}
+    got = stats.collect(layers, logged)
+    assert [s.norm for s in got["fc1"]] == [100.0, 101.0, 102.0]
+    assert got["fc2"][1].norm == pytest.approx(np.linalg.norm(series[1]))
