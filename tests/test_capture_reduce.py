@@ -274,3 +274,18 @@ def test_callbacks_take_the_reduce_keywords() -> None:
     assert settings.crops == (("dense/kernel", (0, 2), (0, 2)),)
     with pytest.raises(wv.UsageError, match="step 1"):
         LightningCallback(crops={"k": (slice(0, 4, 2), slice(0, 2))})
+
+
+def test_threaded_reduction_equals_the_single_threaded_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(1283, 1031)).astype(np.float32)  # ragged edge blocks on both axes
+    w[5, 7] = -np.abs(w).max()  # a signed peak
+    blocks = reduce.plan(w.shape, 64, 64)
+    monkeypatch.setattr(reduce, "_THREADED_VALUES", 1)
+    threaded = reduce.reduce_layer(w, blocks)
+    monkeypatch.setattr(reduce, "_THREADED_VALUES", 1 << 62)
+    single = reduce.reduce_layer(w, blocks)
+    for stat in reduce.STATS:
+        np.testing.assert_array_equal(threaded[stat], single[stat])
+    want, _ = to_grid(w, max_rows=64, max_cols=64, pool=Pool.MEAN)
+    np.testing.assert_allclose(threaded["mean"], want, rtol=1e-5, atol=1e-7)

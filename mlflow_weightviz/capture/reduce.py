@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,9 @@ _Four = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
 #: Values reduced together on the CPU, to stay in the processor's cache.
 CACHE_VALUES = 1 << 18
+#: Bands at least this big are reduced by a few threads.
+_THREADED_VALUES = 1 << 20
+_POOL: ThreadPoolExecutor | None = None
 #: Values reduced at once; bounds the extra memory a reduction takes on the layer's device.
 BAND_VALUES = 1 << 24
 
@@ -222,8 +227,9 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarr
     gc = -(-cols // bc)
     out = tuple(np.empty((k, gc)) for _ in range(4))
     step = max(1, CACHE_VALUES // max(1, br * cols))
-    with np.errstate(invalid="ignore", over="ignore"):
-        for i in range(0, k, step):
+
+    def block_rows(i: int) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):  # per thread: numpy's error state is thread-local
             part = band[i * br:(i + step) * br]
             m = part.shape[0] // br
             cube = part.reshape(m, br, cols)
@@ -245,7 +251,23 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarr
                 found = (s.astype(np.float64), sq, np.broadcast_to(sizes * float(br), (m, gc)), peak)
             for dest, value in zip(out, found, strict=True):
                 dest[i:i + m] = value
+
+    starts = range(0, k, step)
+    if len(starts) > 1 and band.size >= _THREADED_VALUES:
+        # numpy's reductions release the GIL: the cores the training loop leaves idle during
+        # rec.step() share the block rows (each writes its own rows of ``out``).
+        list(_pool().map(block_rows, starts))
+    else:
+        for i in starts:
+            block_rows(i)
     return out
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="weightviz-reduce")
+    return _POOL
 
 
 def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
