@@ -13,8 +13,11 @@ Two models, on the CPU, in one process:
 
 For each:
 
-* **naive**: ``{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}`` then
-  ``np.savez`` to a local file: the bytes of that file and its time (median of ``--reps``);
+* **naive**: a full copy of the state dict on the host,
+  ``{k: v.detach().to("cpu", copy=True).numpy() for k, v in model.state_dict().items()}``, then
+  ``np.savez`` to a local file: the bytes of that file and its time (median of ``--reps``).
+  The copy is what a snapshot of a model that keeps training needs (on a GPU ``.cpu()``
+  is that copy; on the CPU ``.numpy()`` alone would share the live parameters);
 * **record**: ``mlflow_weightviz.record(model, layers="*", render=False)`` into a local
   sqlite MLflow store: the time of ``rec.step()`` on a snapshot step (median of ``--reps``)
   and the bytes stored per snapshot (the logged chunk files' size over the snapshots in them);
@@ -79,7 +82,7 @@ def mlp() -> tuple[Any, Any]:
 
 def naive_copy(model: Any, path: Path) -> tuple[float, int]:
     start = time.perf_counter()
-    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays = {k: v.detach().to("cpu", copy=True).numpy() for k, v in model.state_dict().items()}
     np.savez(path, **arrays)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     size = path.stat().st_size
@@ -158,7 +161,7 @@ def measure(name: str, build: Any, reps: int, steps: int, work: Path) -> dict[st
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    lines = ["# Capture cost: `record()` against a naive `state_dict()` → numpy → `np.savez`", "",
+    lines = ["# Capture cost: `record()` against a naive full `state_dict()` copy → numpy → `np.savez`", "",
              f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
              f"{os.cpu_count()} CPUs (shared with other work; wall-clock times, read the ratios). "
              "Produced by `benchmarks/bench_capture.py` in one run; every layer recorded (`layers=\"*\"`), "
