@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +204,12 @@ def test_log_to_logs_under_weightviz_compare_and_leaves_the_run_as_it_was(tmp_pa
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def runs_ab(tmp_path: Path) -> tuple[str, str]:
     a = run_with(tmp_path / "a", {"fc1": training_series(2, seed=1), "fc2": training_series(2, (2, 5))}, [0, 1],
                  name="first")
     b = run_with(tmp_path / "b", {"fc1": training_series(2, (4, 7), seed=2), "head": training_series(2, (1, 3))},
                  [0, 1], name="second")
-    yield a, b
+    return a, b
 
 
 @pytest.mark.slow
@@ -224,8 +224,8 @@ def pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     ("grid", 2, ["--grid"]),
 ])
 def test_each_error_is_one_line_with_its_exit_code_and_writes_nothing(
-        pair: tuple[str, str], tmp_path: Path, case: str, code: int, fragments: list[str]) -> None:
-    a, b = pair
+        runs_ab: tuple[str, str], tmp_path: Path, case: str, code: int, fragments: list[str]) -> None:
+    a, b = runs_ab
     out = ["--out", str(tmp_path / "out" / "cmp.gif")]
     args = {
         "unknown run": [a, "0123456789abcdef0123456789abcdef", "--layer", "fc1", *out],
@@ -247,3 +247,39 @@ def test_each_error_is_one_line_with_its_exit_code_and_writes_nothing(
     assert_one_line_error(cli, code, *fragments)
     assert list((tmp_path / "out").iterdir()) == []
     assert artifact_files(target) == []
+
+
+# ---------------------------------------------------------------------------- the HTML page in a browser
+
+
+@pytest.mark.slow
+def test_the_html_page_has_one_slider_for_every_panel_and_hover_values_per_panel(tmp_path: Path) -> None:
+    from tests.browser import cell_point, launch
+
+    a = run_with(tmp_path / "a", {"fc1": ramp([0, 10], 0.0)}, [0, 10])
+    b = run_with(tmp_path / "b", {"fc1": ramp([5, 10], 1.0)}, [5, 10])
+    result = wv.compare_runs([a, b], "fc1", wv.RenderOptions(formats=("html",)), diff=True, output_dir=tmp_path)
+    errors: list[str] = []
+    for browser in launch():
+        page = browser.new_page(viewport={"width": 1500, "height": 800})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(result.local_paths[0].resolve().as_uri())
+        page.wait_for_function("document.getElementById('compare').dataset.ready !== '0'", timeout=20_000)
+        assert page.evaluate("document.getElementById('compare').dataset.ready") == "1", errors
+        assert page.locator(".panel").count() == 3
+        page.get_by_role("slider", name="frame").fill("2")  # the page's one slider (the panels' own are hidden)
+        assert page.evaluate("weightviz.panels.map(p => p.frame())") == [2, 2, 2]
+        info = page.locator("#compare > #controls > #stepinfo").inner_text()
+        assert info == "step 10 · frame 3/3"  # inner_text collapses the spaces
+        page.keyboard.press("Home")
+        assert page.evaluate("weightviz.panels.map(p => p.frame())") == [0, 0, 0]
+        page.evaluate("weightviz.show(1)")
+        panel = page.locator("#panel-1")  # Playwright's locators reach into each panel's shadow root
+        x, y = cell_point(panel, 1, 2)
+        page.mouse.move(x, y)
+        tip = panel.locator("#tip")
+        assert tip.get_attribute("data-value") == str(np.float32(ramp([5], 1.0)[0][1, 2]))
+        assert page.locator("#panel-1 #title").inner_text().endswith("step 5")
+        page.evaluate("weightviz.show(0)")
+        assert "no snapshot until step 5" in page.locator("#panel-1 #title").inner_text()
+        assert errors == []
