@@ -308,6 +308,8 @@ def compare_runs(run_ids: Sequence[str], layer: str, options: RenderOptions | No
     runs = [_tracking.get_run(client, r) for r in ids]
     target = _tracking.get_run(client, log_to).info.run_id if log_to is not None else None
     labels = [_run_label(run) for run in runs]
+    if len(set(labels)) < len(labels):  # two ids sharing their first 8 characters, and their names
+        labels = [f"{label} ({run.info.run_id})" for label, run in zip(labels, runs, strict=True)]
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
         work = Path(tmp)
         found: dict[str, list[Snapshot]] = {}

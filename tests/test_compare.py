@@ -139,6 +139,17 @@ def read_compare_player_of(a: str, b: str, tmp_path: Path) -> tuple[dict[str, An
     return read_compare_player(result.local_paths[0])
 
 
+def test_scale_frame_gives_every_panel_the_same_scale_at_each_frame(tmp_path: Path) -> None:
+    a = run_with(tmp_path / "a", {"fc1": ramp([0, 10], 0.0)}, [0, 10])
+    b = run_with(tmp_path / "b", {"fc1": ramp([5, 10], 2.0)}, [5, 10])
+    result = wv.compare_runs([a, b], "fc1", wv.RenderOptions(formats=("html",), scale="frame"), output_dir=tmp_path)
+    _, ((meta_a, _), (meta_b, _)) = read_compare_player(result.local_paths[0])
+    assert meta_a["limits"] == meta_b["limits"]
+    top = ramp([0, 10], 0.0)[0].max()
+    assert meta_a["limits"][0] == [0.0, pytest.approx(top)]  # only a is shown at step 0
+    assert meta_a["limits"][1][1] == pytest.approx(ramp([5], 2.0)[0].max())  # b's larger values at step 5
+
+
 def test_delta_init_shares_one_symmetric_scale_and_each_run_starts_from_its_own_first_snapshot(tmp_path: Path) -> None:
     a = run_with(tmp_path / "a", {"fc1": ramp([0, 10, 20], 0.0)}, [0, 10, 20])
     b = run_with(tmp_path / "b", {"fc1": ramp([10, 20], 3.0)}, [10, 20])

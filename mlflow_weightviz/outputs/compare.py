@@ -154,7 +154,7 @@ class Comparison:
             scaled = self._share_scale()
             self._frame_limits = self._shared_frame_limits(scaled)
             titles = self._titles()
-            sample = max((t for per in titles.values() for t in per), key=lambda t: (t.count("\n"), len(t)))
+            sample = _widest([t for per in titles.values() for t in per])
             self._titles_by_run = titles
             for label in self.labels:
                 spec = {**self._spec(scaled[label]), "title_sample": sample}
@@ -273,7 +273,7 @@ class Comparison:
             missing = [x for x in (a, b) if self._shown[x][i] < 0]
             line = ("no snapshot yet in " + " and ".join(missing)) if missing else f"difference at step {step}"
             self._diff_titles.append(f"{label}\n{line}\nown scale, symmetric ±{m:.3g}")
-        sample = max(self._diff_titles, key=len)
+        sample = _widest(self._diff_titles)
         spec = {**self._spec(self._diff_layer), "title_sample": sample}
         self._renderers["\0diff"] = _build(spec)
         self.players.append({**self._player(self._diff_layer, spec), "name": label})
@@ -336,6 +336,12 @@ class Comparison:
         self._diff_stack = None
         if self._diff_path is not None:
             self._diff_path.unlink(missing_ok=True)
+
+
+def _widest(titles: Sequence[str]) -> str:
+    """A title as tall and as wide as any of ``titles``, line by line: the renderer sizes the figure by it."""
+    lines = [t.split("\n") for t in titles]
+    return "\n".join(max((ls[k] for ls in lines if len(ls) > k), key=len) for k in range(max(map(len, lines))))
 
 
 def _build(spec: Mapping[str, Any]) -> HeatmapRenderer:
