@@ -209,6 +209,10 @@ def test_log_to_logs_under_weightviz_compare_and_leaves_the_run_as_it_was(tmp_pa
     assert after.info.end_time == before.info.end_time
     assert {k: v for k, v in after.data.tags.items() if k.startswith("weightviz.")} == {}
     assert artifact_files(a, "weightviz") == []
+    # An unknown target is found out before anything is drawn, written or logged.
+    with pytest.raises(wv.RunNotFoundError, match="f" * 32):
+        wv.compare_runs([a, b], "fc1", log_to="f" * 32, output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 # ---------------------------------------------------------------------------- errors
