@@ -35,7 +35,7 @@ from mlflow_weightviz.encoders import (
     build_palette,
     saving,
 )
-from mlflow_weightviz.errors import ClaimLostError, UsageError
+from mlflow_weightviz.errors import ClaimLostError, SnapshotsNotFoundError, UsageError
 from mlflow_weightviz.frames import NAME_CHARS, shorten
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
@@ -276,7 +276,6 @@ def compare_runs(run_ids: Sequence[str], layer: str, options: RenderOptions | No
         ShapeMismatchError: The layer's shape differs between runs (unless pooled to the same grid).
         OutputError: The files cannot be written or logged.
     """
-    from mlflow_weightviz.errors import SnapshotsNotFoundError
     from mlflow_weightviz.outputs.compare import MAX_RUNS
 
     options = options or RenderOptions()
