@@ -48,6 +48,8 @@ MAX_RUNS = 8
 _LABEL_CHARS = 40  # a run name in a panel title
 
 Scale3 = tuple[float, float, bool]  # (vmin, vmax, diverging)
+_DIFF = "\0diff"  # the renderers' key of the difference panel (no run label starts with NUL)
+_BLANK = "\0blank"  # suffix of the key of a panel's renderer for empty frames
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Comparison:
         self._position: dict[str, dict[int, int]] = {}
         self._stacks: dict[str, np.ndarray] = {}
         self._renderers: dict[str, HeatmapRenderer] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
         self._diff_layer: PreparedLayer | None = None
         self._diff_stack: np.ndarray | None = None
         self._diff_path: Path | None = None
@@ -159,6 +162,7 @@ class Comparison:
             for label in self.labels:
                 spec = {**self._spec(scaled[label]), "title_sample": sample}
                 self._renderers[label] = _build(spec)
+                self._specs[label] = spec
                 self.players.append({**self._player(scaled[label], spec), "name": label})
             if self._diff:
                 self._prepare_diff()
@@ -275,7 +279,8 @@ class Comparison:
             self._diff_titles.append(f"{label}\n{line}\nown scale, symmetric ±{m:.3g}")
         sample = _widest(self._diff_titles)
         spec = {**self._spec(self._diff_layer), "title_sample": sample}
-        self._renderers["\0diff"] = _build(spec)
+        self._renderers[_DIFF] = _build(spec)
+        self._specs[_DIFF] = spec
         self.players.append({**self._player(self._diff_layer, spec), "name": label})
 
     # ------------------------------------------------------------------ frames
@@ -314,15 +319,27 @@ class Comparison:
                 panel = PanelFrame(self._titles_by_run[label][i], blank if values is None else values, limits)
                 key = (self._shown[label][i], limits, panel.title)
                 if label not in cache or cache[label][0] != key:
-                    cache[label] = (key, self._renderers[label].render(panel.values, panel.title, limits))
+                    cache[label] = (key, self._draw(label, panel, values is None))
                 panels.append(panel)
                 pictures.append(cache[label][1])
             if self._diff_layer is not None and self._diff_stack is not None:
                 diff = PanelFrame(self._diff_titles[i], np.asarray(self._diff_stack[i]), self._diff_layer.limits(i))
                 panels.append(diff)
-                pictures.append(self._renderers["\0diff"].render(diff.values, diff.title, diff.limits))
+                empty = any(self._shown[label][i] < 0 for label in self.labels[:2])
+                pictures.append(self._draw(_DIFF, diff, empty))
             header = self.frame_title(i).split("\n")
             yield step, self._layout.compose(pictures, header), tuple(panels)
+
+    def _draw(self, key: str, panel: PanelFrame, empty: bool) -> np.ndarray:
+        """A panel's picture; an empty one (no snapshot yet) in plain grey, without a "nan" in every cell."""
+        if not empty:
+            return self._renderers[key].render(panel.values, panel.title, panel.limits)
+        blank_key = key + _BLANK
+        if blank_key not in self._renderers:
+            # The same figure, the same size, only without values written in the cells.
+            size = self._renderers[key].size
+            self._renderers[blank_key] = _build({**self._specs[key], "annotate": False, "size": size})
+        return self._renderers[blank_key].render(panel.values, panel.title, panel.limits)
 
     def close(self) -> None:
         """Release the renderers and remove the stacks."""
