@@ -14,21 +14,22 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "compare-fc2.weight.gif"
 
 
-def log_run(client: object, experiment_id: str, name: str, seed: int, steps: int, every: int) -> str:
+def log_run(client: Any, experiment_id: str, name: str, seed: int, steps: int, every: int) -> str:
     """One finished run of the tiny MLP with a snapshot every ``every`` steps; returns its id."""
     from mlflow_weightviz import log_snapshot
     from mlflow_weightviz.demo import train_tiny_mlp
 
-    run_id: str = client.create_run(experiment_id, run_name=name).info.run_id  # type: ignore[attr-defined]
+    run_id: str = client.create_run(experiment_id, run_name=name).info.run_id
     for step, weights, _ in train_tiny_mlp(steps, seed=seed):
         if step % every == 0:
             log_snapshot(weights, step, run_id=run_id)
-    client.set_terminated(run_id, "FINISHED")  # type: ignore[attr-defined]
+    client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
