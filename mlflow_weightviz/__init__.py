@@ -47,9 +47,11 @@ if TYPE_CHECKING:
         WeightvizWarning,
     )
     from mlflow_weightviz.pipeline import (
+        CompareResult,
         LayerResult,
         LayerSummary,
         RenderResult,
+        compare_runs,
         inspect_file,
         inspect_run,
         render_file,
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchReport",
     "ClaimLostError",
+    "CompareResult",
     "Format",
     "GifEncoder",
     "GifOptions",
@@ -94,6 +97,7 @@ __all__ = [
     "WeightvizError",
     "WeightvizWarning",
     "__version__",
+    "compare_runs",
     "frames_to_gif",
     "inspect_file",
     "inspect_run",
@@ -134,6 +138,8 @@ _LOCATIONS = {
     "Scale": "options",
     "View": "options",
     "WeightvizWarning": "options",
+    "CompareResult": "pipeline",
+    "compare_runs": "pipeline",
     "LayerResult": "pipeline",
     "LayerSummary": "pipeline",
     "RenderResult": "pipeline",

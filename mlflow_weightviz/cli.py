@@ -132,9 +132,18 @@ def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
     like any other error. A parameter the command declares itself replaces the shared
     option of the same name (``batch`` gives ``--workers`` its own meaning).
     """
+    return _with_options(command, ())
+
+
+def with_render_options_except(*left_out: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """:func:`with_render_options` without the options (parameter names) ``left_out``: they keep their defaults."""
+    return lambda command: _with_options(command, left_out)
+
+
+def _with_options(command: Callable[..., None], left_out: tuple[str, ...]) -> Callable[..., None]:
     own = [p for name, p in inspect.signature(command).parameters.items() if name != "options"]
     shared = {name: p for name, p in inspect.signature(_render_option_params).parameters.items()
-              if name not in {o.name for o in own}}
+              if name not in {o.name for o in own} and name not in left_out}
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
@@ -313,6 +322,37 @@ def render_file(
             result = render_file_api(path, opts, out=out, output_dir=output_dir, progress=progress,
                                      **options.run_args())
         _report(result)
+
+
+@app.command()
+@with_render_options_except("step_images", "step_images_every", "caption_metric", "grid", "workers")
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="The runs to compare, 2 to 8, in panel order.")],
+    options: _Options,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="The layer to compare (its exact name).")],
+    diff: Annotated[bool, typer.Option(
+        "--diff", help="Add a panel with the first run minus the second, on its own symmetric scale.")] = False,
+    source: Source = "weights",
+    out: Annotated[Optional[Path], typer.Option(help="The output file (other formats go beside it).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the output; the current folder when neither this, --out nor --log-to is given.")] = None,
+    log_to: Annotated[Optional[str], typer.Option(
+        help="Also log the files to this run under weightviz/compare/ (its status is left alone).")] = None,
+    tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Draw one layer of several runs side by side, one frame per step, under one colour scale."""
+    with _errors(debug):
+        from mlflow_weightviz.pipeline import compare_runs
+
+        opts = options()
+        with _progress(quiet, "comparing") as progress:
+            result = compare_runs(run_ids, layer, opts, diff=diff, source=source, tracking_uri=tracking_uri, out=out,
+                                  output_dir=output_dir, log_to=log_to, progress=progress, **options.run_args())
+        where = [str(p) for p in (*result.artifact_paths, *result.local_paths)]
+        typer.echo(f"{result.layer}: {len(result.run_ids)} runs, {result.frames} frames, grid "
+                   f"{result.grid[0]}×{result.grid[1]} → {', '.join(where)}")
 
 
 @app.command("inspect")

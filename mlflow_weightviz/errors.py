@@ -20,7 +20,7 @@ Other exit codes of the command line: 0 success; :data:`EXIT_RUNS_FAILED` (1) ``
 ``watch`` finished but some runs failed; :data:`EXIT_CRASH` (70, ``EX_SOFTWARE``) an
 unexpected exception, a bug (``--debug`` shows the traceback); :data:`EXIT_INTERRUPTED`
 (130) stopped by Ctrl-C (and ``batch``/``watch`` stopped by either signal);
-:data:`EXIT_TERMINATED` (143) ``render``, ``render-file``, ``inspect`` or ``demo`` stopped
+:data:`EXIT_TERMINATED` (143) ``render``, ``render-file``, ``compare``, ``inspect`` or ``demo`` stopped
 by SIGTERM. A command stopped by a signal cleans up as after Ctrl-C: its temporary
 folders are removed, its claim released, and nothing partial is logged or written.
 
@@ -58,7 +58,7 @@ EXIT_RUNS_FAILED = 1
 EXIT_CRASH = 70
 #: Stopped by SIGINT (128 + SIGINT, as shells report it); ``batch``/``watch`` also after SIGTERM.
 EXIT_INTERRUPTED = 130
-#: ``render``, ``render-file``, ``inspect`` and ``demo`` stopped by SIGTERM (128 + SIGTERM).
+#: ``render``, ``render-file``, ``compare``, ``inspect`` and ``demo`` stopped by SIGTERM (128 + SIGTERM).
 EXIT_TERMINATED = 143
 
 

@@ -3,6 +3,8 @@
 :func:`render_run` and :func:`render_file` are the public entry points; both end in
 :func:`render_layers`, which turns grouped snapshots into finished GIFs in a staging
 folder. Sinks then publish them: renamed into place locally, or logged to the run.
+:func:`compare_runs` draws one layer of several runs side by side through the same
+frame loop, writers and sinks.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from mlflow_weightviz.encoders import (
     build_palette,
     saving,
 )
-from mlflow_weightviz.errors import ClaimLostError, UsageError
+from mlflow_weightviz.errors import ClaimLostError, SnapshotsNotFoundError, UsageError
 from mlflow_weightviz.frames import NAME_CHARS, shorten
 from mlflow_weightviz.grid import PreparedLayer, finite_range, prepare_layer, sample_indices
 from mlflow_weightviz.options import Format, RenderOptions, View
 from mlflow_weightviz.parallel import build_renderer
-from mlflow_weightviz.sinks import LocalSink, RunSink, Sink, unique_names
+from mlflow_weightviz.sinks import LocalSink, RunSink, Sink, safe_name, unique_names
 from mlflow_weightviz.snapshots import Reduced, Snapshot, group_layers, read_snapshots
 from mlflow_weightviz.sources import LocalSource, RunSource, SnapshotSource
 from mlflow_weightviz.tags import LAYERS_FILE, TAG_FINGERPRINT, TAG_PREFIX, Status, fingerprint, layers_tag
@@ -46,8 +48,8 @@ from mlflow_weightviz.tags import LAYERS_FILE, TAG_FINGERPRINT, TAG_PREFIX, Stat
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
 
-__all__ = ["LayerResult", "LayerSummary", "RenderResult", "draw_layer", "inspect_file", "inspect_run", "render_file",
-           "render_layers", "render_run", "write_frames"]
+__all__ = ["COMPARE_ARTIFACT_PATH", "CompareResult", "LayerResult", "LayerSummary", "RenderResult", "compare_runs",
+           "draw_layer", "inspect_file", "inspect_run", "render_file", "render_layers", "render_run", "write_frames"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -98,6 +100,28 @@ class LayerSummary:
     last_step: int
     min: float
     max: float
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What :func:`compare_runs` made: one layer of several runs, side by side, one frame per step.
+
+    ``files`` are the file names written (one per format); ``local_paths`` where local
+    copies went, ``artifact_paths`` where they were logged (``log_to``).
+    """
+
+    layer: str
+    run_ids: tuple[str, ...]
+    frames: int
+    steps: tuple[int, ...]
+    grid: tuple[int, int]
+    files: tuple[str, ...]
+    local_paths: tuple[Path, ...] = ()
+    artifact_paths: tuple[str, ...] = ()
+
+
+#: Where :func:`compare_runs` logs its files in the ``log_to`` run.
+COMPARE_ARTIFACT_PATH = "weightviz/compare"
 
 
 # ---------------------------------------------------------------------------- public
@@ -210,6 +234,114 @@ def render_file(path: str | os.PathLike[str], options: RenderOptions | None = No
     _check_outputs(log=False, out=out, output_dir=output_dir)
     return _render_source(LocalSource(Path(path)), options, out=out, output_dir=output_dir, progress=progress,
                           workers=workers, allow_pickle=allow_pickle)
+
+
+def compare_runs(run_ids: Sequence[str], layer: str, options: RenderOptions | None = None, *, diff: bool = False,
+                 source: str = "weights", tracking_uri: str | None = None,
+                 out: str | os.PathLike[str] | None = None, output_dir: str | os.PathLike[str] | None = None,
+                 log_to: str | None = None, progress: ProgressCallback | None = None,
+                 allow_pickle: bool = False) -> CompareResult:
+    """Draw one layer of 2 to 8 runs side by side, one frame per step, under one shared colour scale.
+
+    Frames run over the union of the runs' snapshot steps; at each step a run shows its
+    latest snapshot at or before it, or an empty grey panel before its first. Panels are
+    titled with the run name and the first 8 characters of the run id. The options apply
+    as in :func:`render_run` (``view``, ``scale``, ``vmin``/``vmax``, ``max_frames``,
+    formats: the HTML page has one slider for all panels); ``step_images``,
+    ``caption_metric`` and ``grid`` do not.
+
+    Args:
+        run_ids: The runs, 2 to 8, in panel order.
+        layer: The layer's exact name.
+        options: How to draw and encode; defaults to ``RenderOptions()``.
+        diff: Add a panel with the first run minus the second, on its own symmetric scale.
+        source: Artifact path of the snapshots in every run.
+        tracking_uri: Defaults to ``MLFLOW_TRACKING_URI`` or MLflow's own default.
+        out: The local file (other formats go beside it, with their own suffix).
+        output_dir: Folder for the local files; with neither this, ``out`` nor ``log_to``,
+            the current folder.
+        log_to: Also log the files to this run under ``weightviz/compare/`` (its status
+            and render tags are left alone).
+        progress: Called as ``progress(i, n)`` after each frame.
+        allow_pickle: Allow reading Python pickles, which can run arbitrary code.
+
+    Returns:
+        The layer, runs, frame count and steps, and where the files went.
+
+    Raises:
+        UsageError: Fewer than 2 or more than 8 runs, a run given twice, both ``out`` and
+            ``output_dir``, or an option compare does not take.
+        RunNotFoundError: A run (or ``log_to``) does not exist.
+        SnapshotsNotFoundError: A run has no snapshots at ``source``, or not of ``layer``.
+        ShapeMismatchError: The layer's shape differs between runs (unless pooled to the same grid).
+        OutputError: The files cannot be written or logged.
+    """
+    from mlflow_weightviz.outputs.compare import MAX_RUNS
+
+    options = options or RenderOptions()
+    ids = [str(r) for r in run_ids]
+    if not 2 <= len(ids) <= MAX_RUNS:
+        msg = f"compare needs 2 to {MAX_RUNS} runs; got {len(ids)}"
+        raise UsageError(msg)
+    if len(set(ids)) != len(ids):
+        twice = sorted({r for r in ids if ids.count(r) > 1})
+        msg = f"each run can be compared once; given more than once: {', '.join(twice)}"
+        raise UsageError(msg)
+    unsupported = [name for name, given in (("--step-images", options.outputs.step_images is not None),
+                                            ("--caption-metric", options.outputs.caption_metric is not None),
+                                            ("--grid", options.outputs.grid)) if given]
+    if unsupported:
+        msg = f"compare draws one layer of several runs; {', '.join(unsupported)} cannot be used with it"
+        raise UsageError(msg)
+    if out is not None and output_dir is not None:
+        msg = "give either --out or --output-dir, not both"
+        raise UsageError(msg)
+    source = _tracking.artifact_folder(source, "--source")
+    if out is None and output_dir is None and log_to is None:
+        output_dir = Path.cwd()
+    if Format.MP4 in options.outputs.formats:
+        from mlflow_weightviz.outputs.video import check_available
+
+        check_available()
+    client = _tracking.client(tracking_uri)
+    runs = [_tracking.get_run(client, r) for r in ids]
+    target = _tracking.get_run(client, log_to).info.run_id if log_to is not None else None
+    labels = [_run_label(run) for run in runs]
+    if len(set(labels)) < len(labels):  # two ids sharing their first 8 characters, and their names
+        labels = [f"{label} ({run.info.run_id})" for label, run in zip(labels, runs, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
+        work = Path(tmp)
+        found: dict[str, list[Snapshot]] = {}
+        for k, (label, run) in enumerate(zip(labels, runs, strict=True)):
+            src = RunSource(client, run.info.run_id, source)
+            fetched = src.fetch(work / f"run-{k}")
+            layers = group_layers(read_snapshots(fetched, allow_pickle=allow_pickle, root_name=src.name))
+            if layer not in layers:
+                names = list(layers)
+                listing = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                msg = f"run {label} has no layer {layer!r} at {source!r}; its layers: {listing}"
+                raise SnapshotsNotFoundError(msg)
+            found[label] = layers[layer]
+        stem = safe_name(f"{layer}_{'-'.join(r.info.run_id[:8] for r in runs)}")
+        staging = work / "out"
+        staging.mkdir()
+        frames, steps, grid = _render_comparison(layer, found, options, staging, work, stem, diff=diff,
+                                                 progress=progress)
+        files = _files(options.outputs.formats, stem)
+        staged = {f: staging / f for f in files}
+        outputs.warn_if_too_big(list(staged.values()))
+        artifact_paths: tuple[str, ...] = ()
+        if target is not None:  # logged first: a failure then leaves no local file either
+            sink = RunSink(client, target, COMPARE_ARTIFACT_PATH, pending=False)
+            artifact_paths = tuple(str(a) for a in sink.deliver(staged).values())
+        local: dict[str, Path] = {}
+        if out is not None or output_dir is not None:
+            out_path = Path(out) if out is not None else None
+            dir_path = Path(output_dir) if output_dir is not None else None
+            local.update(LocalSink(out_path, dir_path).deliver({files[0]: staged[files[0]]}))
+            local.update(outputs.copy_extras({f: staged[f] for f in files[1:]}, out=out_path, output_dir=dir_path))
+    return CompareResult(layer, tuple(r.info.run_id for r in runs), frames, steps, grid, files,
+                         tuple(local[f] for f in files if f in local), artifact_paths)
 
 
 def inspect_run(run_id: str, *, source: str = "weights", tracking_uri: str | None = None,
@@ -355,8 +487,12 @@ def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: Heatmap
 
 
 def _writers(stem: str, options: RenderOptions, staging: Path, steps_dir: Path | None,
-             player: Callable[[], dict[str, Any]] | None) -> tuple[list[FrameWriter], StepImageWriter | None]:
-    """The writers of one layer (or the montage): one per format, plus the step images."""
+             player: Callable[[], dict[str, Any]] | None,
+             html: Callable[[Path], FrameWriter] | None = None) -> tuple[list[FrameWriter], StepImageWriter | None]:
+    """The writers of one layer (or the montage, or a comparison): one per format, plus the step images.
+
+    ``html`` builds the HTML writer when it is not one layer's player (a comparison's page).
+    """
     writers: list[FrameWriter] = []
     for fmt in options.outputs.formats:
         target = staging / f"{stem}.{fmt.value}"
@@ -366,6 +502,8 @@ def _writers(stem: str, options: RenderOptions, staging: Path, steps_dir: Path |
             from mlflow_weightviz.outputs.video import Mp4Writer
 
             writers.append(Mp4Writer(target, options.gif))
+        elif html is not None:
+            writers.append(html(target))
         else:
             from mlflow_weightviz.outputs.html_player import HtmlWriter
 
@@ -544,6 +682,48 @@ def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOption
     names = _files(options.outputs.formats, "grid")
     return LayerResult("grid", len(montage.steps), montage.steps, (len(montage.names),), montage.panels, names[0],
                        files=names)
+
+
+def _run_label(run: Any) -> str:
+    """A panel's name for a run: its name (when it has one) and the first 8 characters of its id."""
+    name = run.info.run_name or run.data.tags.get("mlflow.runName") or ""
+    short = run.info.run_id[:8]
+    return f"{shorten(name, 40)}  ·  {short}" if name else short
+
+
+def _render_comparison(layer: str, runs: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path,
+                       work: Path, stem: str, *, diff: bool,
+                       progress: ProgressCallback | None) -> tuple[int, tuple[int, ...], tuple[int, int]]:
+    """One layer of several runs side by side (``compare``) through the same frame loop and writers."""
+    from mlflow_weightviz.outputs.compare import CompareFrame, ComparePlayerWriter, Comparison
+
+    comparison = Comparison(layer, runs, options, workdir=work, diff=diff,
+                            spec=lambda prepared: _renderer_kwargs(prepared, options),
+                            player=lambda prepared, spec: _player(prepared, options, spec))
+    with comparison:
+        page_title = f"{layer} · {len(runs)} runs · weightviz"
+        writers, _ = _writers(stem, options, staging, None, None,
+                              html=lambda path: ComparePlayerWriter(path, comparison.players, page_title))
+
+        def frames() -> Iterator[Frame]:
+            encoder: FrameEncoder | None = None
+            for i, (step, rgb, panels) in enumerate(comparison.frames()):
+                if encoder is None:
+                    encoder = FrameEncoder(build_palette(rgb, comparison.palette_colors))
+                block = encoder.encode(rgb)
+                yield CompareFrame(i, step, comparison.frame_title(i), block=block, indices=encoder.previous,
+                                   palette=encoder.table, panels=panels)
+
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, len(comparison.steps))
+
+        count = write_frames(Animation(layer, comparison.steps, comparison.size), frames(), writers, tick)
+    return count, comparison.steps, comparison.grid
 
 
 def _player(prepared: PreparedLayer, options: RenderOptions, spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -168,6 +168,9 @@ class RunSink:
     client: MlflowClient
     run_id: str
     artifact_path: str = "weightviz"
+    #: Mark the run as being logged to first: ``False`` for files that are not the run's own
+    #: render (a comparison logged to it), which must leave its render tags alone.
+    pending: bool = True
 
     def deliver(self, staged: Mapping[str, Path], tags: Mapping[str, str] | None = None,
                 then: Callable[[], object] | None = None) -> dict[str, str]:
@@ -179,7 +182,8 @@ class RunSink:
         such as step images) has run, so an interrupted delivery never leaves the run
         looking up to date.
         """
-        self.set_tags(PENDING_TAGS)
+        if self.pending:
+            self.set_tags(PENDING_TAGS)
         with _tracking.translate(f"logging results to run {self.run_id}", writing=True), \
                 _one_folder(staged.values()) as folder:
             self.client.log_artifacts(self.run_id, os.fspath(folder), self.artifact_path)

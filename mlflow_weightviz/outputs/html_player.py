@@ -37,8 +37,8 @@ from mlflow_weightviz._files import atomic_file
 from mlflow_weightviz.encoders import Animation, Frame
 from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, WeightvizWarning
 
-__all__ = ["MLFLOW_PREVIEW_LIMIT", "HtmlPlayerWriter", "HtmlWriter", "colormap_table", "js_format_spec",
-           "read_player", "write_player"]
+__all__ = ["MLFLOW_PREVIEW_LIMIT", "HtmlPlayerWriter", "HtmlWriter", "colormap_table", "decode_player",
+           "js_format_spec", "read_player", "write_player"]
 
 #: The MLflow UI previews artifacts up to this size; larger files can only be downloaded.
 MLFLOW_PREVIEW_LIMIT = 50 * 1024 * 1024
@@ -295,6 +295,11 @@ def read_player(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarra
         msg = f"{path} is not a weightviz HTML player (no embedded data)"
         raise ValueError(msg) from None
     meta: dict[str, Any] = json.loads(meta_text)
+    return meta, decode_player(meta, data)
+
+
+def decode_player(meta: dict[str, Any], data: str) -> np.ndarray:
+    """A player's embedded base64 data as (frames, rows, cols) float32 values, decoded as the browser does."""
     raw = base64.b64decode("".join(data.split()))
     if meta["codec"] == "deflate":
         raw = zlib.decompress(raw)
@@ -302,7 +307,7 @@ def read_player(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarra
     planes = np.frombuffer(raw, np.uint8).reshape(frames, 4, n)
     xored = planes.transpose(0, 2, 1).copy().view("<u4")[..., 0]
     bits = np.bitwise_xor.accumulate(xored, axis=0)  # undo the XOR with the previous frame
-    return meta, bits.view("<f4").reshape(frames, meta["rows"], meta["cols"])
+    return np.asarray(bits.view("<f4").reshape(frames, meta["rows"], meta["cols"]))
 
 
 def write_player(path: str | os.PathLike[str], values: np.ndarray, *, steps: Sequence[int],
