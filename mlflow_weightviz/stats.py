@@ -29,8 +29,8 @@ from mlflow_weightviz.snapshots import LazyArray, Reduced, Snapshot
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "collect", "layer_stats", "metric_key", "read_logged",
-           "stats_by_step"]
+__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "collect", "layer_stats", "logged_history", "metric_key",
+           "read_logged", "stats_by_step"]
 
 #: Every metric key starts with this.
 METRIC_PREFIX = "weightviz"
@@ -232,24 +232,45 @@ def collect(layers: Mapping[str, Sequence[Snapshot]],
     return out
 
 
-def read_logged(client: MlflowClient, run_id: str, layers: Iterable[str],
-                metrics: Mapping[str, float] | None = None) -> dict[str, list[StepStats]]:
-    """The statistics a run already has as ``weightviz/<layer>/<stat>`` metrics, by layer, in step order.
+def logged_history(client: MlflowClient, run_id: str, layers: Iterable[str],
+                   metrics: Mapping[str, float] | None = None) -> dict[str, dict[int, float]]:
+    """Every ``weightviz/<layer>/<stat>`` metric the run has for ``layers``: key → {step: value}.
 
-    ``metrics`` is the run's latest metrics (``run.data.metrics``), used to skip layers that
-    have none without a request each.
+    ``metrics`` is the run's latest metrics (``run.data.metrics``): only keys found there
+    cost a request (their history), so a run without metrics costs none.
     """
     if metrics is None:
         metrics = client.get_run(run_id).data.metrics
-    out: dict[str, list[StepStats]] = {}
+    out: dict[str, dict[int, float]] = {}
     for layer in layers:
-        if metric_key(layer, "norm") not in metrics:
-            continue
-        series: dict[str, dict[int, float]] = {}
         for stat in STAT_NAMES:
             key = metric_key(layer, stat)
             if key in metrics:
-                series[stat] = {m.step: float(m.value) for m in client.get_metric_history(run_id, key)}
+                out[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)}
+    return out
+
+
+def read_logged(client: MlflowClient, run_id: str, layers: Iterable[str],
+                metrics: Mapping[str, float] | None = None,
+                history: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, list[StepStats]]:
+    """The statistics a run already has as ``weightviz/<layer>/<stat>`` metrics, by layer, in step order.
+
+    ``metrics`` is the run's latest metrics (``run.data.metrics``), used to skip layers that
+    have none without a request each. ``history`` (from :func:`logged_history`) saves the
+    requests when the histories were read already.
+    """
+    layers = list(layers)
+    if history is None:
+        history = logged_history(client, run_id, layers, metrics)
+    out: dict[str, list[StepStats]] = {}
+    for layer in layers:
+        if metric_key(layer, "norm") not in history:
+            continue
+        series: dict[str, Mapping[int, float]] = {}
+        for stat in STAT_NAMES:
+            key = metric_key(layer, stat)
+            if key in history:
+                series[stat] = history[key]
         norms = series.get("norm", {})
         out[layer] = [
             StepStats(step=step, norm=norm,

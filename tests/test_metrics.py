@@ -1,0 +1,176 @@
+"""Training diagnostics as MLflow metrics: logged by `render` from the snapshots, checked against numpy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import mlflow_weightviz as wv
+from mlflow_weightviz.stats import metric_key
+from tests.helpers import make_run, run_cli
+
+STATS = ("norm", "update_ratio", "drift", "max_abs")
+
+
+def reference(series: list[np.ndarray]) -> dict[str, dict[int, float]]:
+    """The four metrics of one layer, computed independently with numpy, by position in the series."""
+    out: dict[str, dict[int, float]] = {s: {} for s in STATS}
+    w0 = series[0].astype(np.float64)
+    for i, w in enumerate(series):
+        w = w.astype(np.float64)
+        out["norm"][i] = float(np.linalg.norm(w))
+        out["max_abs"][i] = float(np.abs(w).max())
+        out["drift"][i] = float(np.linalg.norm(w - w0) / np.linalg.norm(w0))
+        if i:
+            prev = series[i - 1].astype(np.float64)
+            out["update_ratio"][i] = float(np.linalg.norm(w - prev) / np.linalg.norm(prev))
+    return out
+
+
+def history(client: MlflowClient, run_id: str, layer: str, stat: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, metric_key(layer, stat))}
+
+
+def logged_run(steps: list[int], layers: dict[str, list[np.ndarray]], *, finished: bool = True) -> str:
+    run_id = make_run(finished=False)
+    for i, step in enumerate(steps):
+        wv.log_snapshot({name: series[i] for name, series in layers.items()}, step, run_id=run_id)
+    if finished:
+        MlflowClient().set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def drifting(rng: np.random.Generator, shape: tuple[int, ...], n: int, lr: float) -> list[np.ndarray]:
+    w = rng.normal(0, 0.1, size=shape).astype(np.float32)
+    out = []
+    for _ in range(n):
+        out.append(w.copy())
+        w = (w - lr * rng.normal(size=shape)).astype(np.float32)
+    return out
+
+
+def test_render_logs_the_four_metrics_step_by_step() -> None:
+    rng = np.random.default_rng(0)
+    steps = [0, 5, 10, 15, 20]
+    layers = {"fc1.weight": drifting(rng, (8, 12), 5, 1e-2), "enc/attn:q": drifting(rng, (6, 4), 5, 1e-3)}
+    run_id = logged_run(steps, layers)
+    cli = run_cli("render", run_id, "--metrics", "--quiet")
+    assert cli.code == 0, cli.stderr
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for layer, series in layers.items():
+        want = reference(series)
+        for stat in STATS:
+            got = history(client, run_id, layer, stat)
+            expect = {steps[i]: v for i, v in want[stat].items()}
+            assert sorted(got) == sorted(expect), (layer, stat)
+            for step, value in expect.items():
+                assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-12), (layer, stat, step)
+    # Layer names become valid keys as for step images: ':' is not allowed.
+    assert "weightviz/enc/attn_q/norm" in run.data.metrics
+    assert 0 not in history(client, run_id, "fc1.weight", "update_ratio")  # none for the first snapshot
+    assert history(client, run_id, "fc1.weight", "nonfinite") == {s: 0.0 for s in steps}
+    assert set(history(client, run_id, "fc1.weight", "rms")) == set(steps)
+
+
+def test_metrics_cover_every_snapshot_not_only_the_frames_drawn() -> None:
+    rng = np.random.default_rng(1)
+    steps = list(range(0, 60, 5))
+    run_id = logged_run(steps, {"w": drifting(rng, (5, 5), len(steps), 1e-2)})
+    wv.render_run(run_id, wv.RenderOptions(max_frames=3))  # on by default
+    assert sorted(history(MlflowClient(), run_id, "w", "norm")) == steps
+
+
+def test_rerender_logs_no_duplicates_and_finished_stays_finished() -> None:
+    rng = np.random.default_rng(2)
+    steps = [0, 10, 20]
+    run_id = logged_run(steps, {"w": drifting(rng, (4, 4), 3, 1e-2)})
+    client = MlflowClient()
+    wv.render_run(run_id)
+    before = {stat: client.get_metric_history(run_id, metric_key("w", stat)) for stat in STATS}
+    assert [len(v) for v in before.values()] == [3, 2, 3, 3]
+    cli = run_cli("render", run_id, "--force", "--quiet")
+    assert cli.code == 0, cli.stderr
+    after = {stat: client.get_metric_history(run_id, metric_key("w", stat)) for stat in STATS}
+    assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # A new snapshot then adds only its own step.
+    wv.log_snapshot({"w": np.ones((4, 4), np.float32)}, 30, run_id=run_id)
+    wv.render_run(run_id)
+    assert sorted(history(client, run_id, "w", "norm")) == [0, 10, 20, 30]
+    assert len(client.get_metric_history(run_id, metric_key("w", "norm"))) == 4
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_no_metrics_logs_none_and_keeps_the_old_fingerprint() -> None:
+    rng = np.random.default_rng(3)
+    run_id = logged_run([0, 1], {"w": drifting(rng, (4, 4), 2, 1e-2)})
+    cli = run_cli("render", run_id, "--no-metrics", "--quiet")
+    assert cli.code == 0, cli.stderr
+    assert not [k for k in MlflowClient().get_run(run_id).data.metrics if k.startswith("weightviz/")]
+    # The default options hash as before metrics existed; only --no-metrics adds a field.
+    assert "metrics" not in wv.RenderOptions().fingerprint_fields()
+    assert wv.RenderOptions(metrics=False).fingerprint_fields()["metrics"] is False
+    # Turning them on is a change: the next render logs them.
+    wv.render_run(run_id)
+    assert sorted(history(MlflowClient(), run_id, "w", "norm")) == [0, 1]
+
+
+def test_python_api_switch() -> None:
+    rng = np.random.default_rng(4)
+    run_id = logged_run([0, 1, 2], {"w": drifting(rng, (3, 3), 3, 1e-2)})
+    wv.render_run(run_id, wv.RenderOptions(metrics=False))
+    assert metric_key("w", "norm") not in MlflowClient().get_run(run_id).data.metrics
+    wv.render_run(run_id, force=True)
+    assert sorted(history(MlflowClient(), run_id, "w", "drift")) == [0, 1, 2]
+
+
+def test_nan_and_inf_in_snapshots() -> None:
+    a = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    b = a.copy()
+    b[0, 0] = np.nan
+    b[1, 1] = np.inf
+    c = np.full((4, 4), np.nan, np.float32)
+    run_id = logged_run([0, 1, 2], {"w": [a, b, c]})
+    wv.render_run(run_id)
+    client = MlflowClient()
+    norm = history(client, run_id, "w", "norm")
+    finite_b = np.where(np.isfinite(b), b, 0.0).astype(np.float64)
+    assert norm[1] == pytest.approx(float(np.linalg.norm(finite_b)))
+    assert norm[2] == 0.0
+    assert history(client, run_id, "w", "nonfinite") == {0: 0.0, 1: pytest.approx(2 / 16), 2: 1.0}
+    # Over the entries finite in both: (b - a) is 0 there.
+    assert history(client, run_id, "w", "update_ratio")[1] == pytest.approx(0.0)
+    # All-NaN step: no finite entry in both, so the ratio's denominator is 0 and nothing is logged.
+    assert 2 not in history(client, run_id, "w", "update_ratio")
+    assert 2 not in history(client, run_id, "w", "drift")
+    values = [m.value for s in ("norm", "max_abs", "rms", "nonfinite")
+              for m in client.get_metric_history(run_id, metric_key("w", s))]
+    assert all(math.isfinite(v) for v in values)
+
+
+def test_no_log_and_render_file_log_no_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    run_id = logged_run([0, 1], {"w": drifting(rng, (3, 3), 2, 1e-2)})
+    cli = run_cli("render", run_id, "--no-log", "--output-dir", str(tmp_path / "o"), "--quiet")
+    assert cli.code == 0, cli.stderr
+    assert not MlflowClient().get_run(run_id).data.metrics
+
+
+@pytest.mark.slow
+def test_many_layers_go_in_batches_of_at_most_1000() -> None:
+    # 30 layers × 40 steps × 6 statistics ≈ 7000 metrics: several log_batch calls.
+    rng = np.random.default_rng(6)
+    steps = list(range(40))
+    layers = {f"l{i:02d}": drifting(rng, (2, 2), len(steps), 1e-2) for i in range(30)}
+    run_id = logged_run(steps, layers)
+    wv.render_run(run_id, wv.RenderOptions(layers=("l0*",), metrics=False))
+    wv.render_run(run_id, wv.RenderOptions(layers=("l0*",)))  # metrics on, 10 layers
+    client = MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    assert metric_key("l09", "norm") in metrics and metric_key("l10", "norm") not in metrics
+    assert len(client.get_metric_history(run_id, metric_key("l05", "rms"))) == 40
