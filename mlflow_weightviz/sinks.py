@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-__all__ = ["METRICS_PER_BATCH", "PENDING_TAGS", "LocalSink", "RunSink", "Sink", "image_key", "safe_name", "unique_names"]
+__all__ = ["METRICS_PER_BATCH", "PENDING_TAGS", "LocalSink", "RunSink", "Sink", "image_key", "safe_name",
+           "unique_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: The most metrics MLflow's ``log_batch`` takes in one call.

@@ -29,8 +29,8 @@ from mlflow_weightviz.snapshots import LazyArray, Reduced, Snapshot
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "collect", "layer_stats", "logged_history", "metric_key",
-           "read_logged", "stats_by_step"]
+__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "block_stats", "collect", "layer_stats", "logged_history",
+           "metric_key", "read_logged", "stats_by_step"]
 
 #: Every metric key starts with this.
 METRIC_PREFIX = "weightviz"
@@ -193,10 +193,17 @@ def _band(mat: np.ndarray | LazyArray, r0: int, r1: int) -> np.ndarray:
 
 
 def _reduced_stats(snap: Snapshot, meta: Reduced) -> StepStats:
-    rms = np.asarray(meta.stats["rms"](), dtype=np.float64)
-    maxabs = np.asarray(meta.stats["maxabs"](), dtype=np.float64)
-    rows, cols = meta.matrix
-    br, bc = meta.block
+    return block_stats(snap.step, np.asarray(meta.stats["rms"]()), np.asarray(meta.stats["maxabs"]()), meta.matrix,
+                       meta.block)
+
+
+def block_stats(step: int, rms: np.ndarray, maxabs: np.ndarray, matrix: tuple[int, int],
+                block: tuple[int, int]) -> StepStats:
+    """Norm, RMS, max |w| and non-finite fraction from a layer's block RMS and max-abs (no ratios)."""
+    rms = np.asarray(rms, dtype=np.float64)
+    maxabs = np.asarray(maxabs, dtype=np.float64)
+    rows, cols = matrix
+    br, bc = block
     gr, gc = rms.shape
     # Elements behind each stored cell: edge blocks are smaller.
     n_r = np.minimum(br, rows - np.arange(gr) * br).astype(np.float64)
@@ -208,7 +215,7 @@ def _reduced_stats(snap: Snapshot, meta: Reduced) -> StepStats:
     total = float(rows * cols)
     fin_max = maxabs[np.isfinite(maxabs)]
     norm = math.sqrt(sq)
-    return StepStats(step=snap.step, norm=norm, update_ratio=None, drift=None,
+    return StepStats(step=step, norm=norm, update_ratio=None, drift=None,
                      max_abs=float(fin_max.max()) if fin_max.size else 0.0,
                      rms=norm / math.sqrt(finite) if finite else 0.0,
                      nonfinite=1.0 - finite / total if total else 0.0)
