@@ -175,3 +175,166 @@ def test_many_layers_go_in_batches_of_at_most_1000() -> None:
     assert metric_key("l09", "norm") in metrics
     assert metric_key("l10", "norm") not in metrics
     assert len(client.get_metric_history(run_id, metric_key("l05", "rms"))) == 40
+
+
+# ---------------------------------------------------------------------------- while training
+
+
+class Net:
+    """A small torch model: ``0.weight`` (48×256) is bigger than the 64×64 grid, so reduced; ``2.weight`` is whole."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(256, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-2)
+        self.x = torch.randn(64, 256)
+        self.y = torch.randint(0, 10, (64,))
+
+    def train_step(self) -> None:
+        import torch
+
+        self.opt.zero_grad()
+        torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.model.named_parameters() if v.ndim >= 2}
+
+
+def test_record_logs_metrics_during_training_readable_within_15_s() -> None:
+    import time
+
+    import mlflow
+
+    net = Net()
+    client = MlflowClient()
+    key = metric_key("0.weight", "norm")
+    seen: dict[int, dict[str, np.ndarray]] = {}
+    waited = None
+    with mlflow.start_run() as run, wv.record(net.model, every=5, render=False) as rec:
+        run_id = run.info.run_id
+        for step in range(40):
+            net.train_step()
+            if rec.step(step):
+                seen[step] = net.weights()
+            if step >= 10 and waited is None:
+                # Training goes on between polls; the step-10 norm must show up within 15 s.
+                start = time.monotonic()
+                while time.monotonic() - start < 15:
+                    if any(m.step == 10 for m in client.get_metric_history(run_id, key)):
+                        waited = time.monotonic() - start
+                        break
+                    net.train_step()
+                    time.sleep(0.05)
+                assert waited is not None, "the step-10 norm was not readable within 15 s"
+                assert client.get_run(run_id).info.status == "RUNNING"
+    norm10 = {m.step: m.value for m in client.get_metric_history(run_id, key)}[10]
+    assert norm10 == pytest.approx(float(np.linalg.norm(seen[10]["0.weight"].astype(np.float64))), rel=1e-6)
+    steps = sorted(seen)
+    for layer in ("0.weight", "2.weight"):
+        want = reference([seen[s][layer] for s in steps])
+        got = {stat: history(client, run_id, layer, stat) for stat in STATS}
+        assert sorted(got["norm"]) == steps
+        for i, step in enumerate(steps):
+            assert got["norm"][step] == pytest.approx(want["norm"][i], rel=1e-5)
+            assert got["max_abs"][step] == pytest.approx(want["max_abs"][i], rel=1e-6)
+        # 2.weight is exact (copied whole); 0.weight (reduced on the device) is a sketch estimate.
+        rel = 1e-5 if layer == "2.weight" else 0.15
+        for stat in ("update_ratio", "drift"):
+            assert sorted(got[stat]) == (steps[1:] if stat == "update_ratio" else steps)
+            for i, step in enumerate(steps[1:], 1):
+                assert got[stat][step] == pytest.approx(want[stat][i], rel=rel), (layer, stat, step)
+
+
+def test_render_after_record_logs_nothing_twice_and_adds_no_metrics_for_reduced_layers() -> None:
+    import mlflow
+
+    net = Net()
+    client = MlflowClient()
+    with mlflow.start_run() as run, wv.record(net.model, every=2) as rec:
+        for step in range(9):
+            net.train_step()
+            rec.step(step)
+    run_id = run.info.run_id
+    assert rec.result is not None  # rendered at the end
+    for layer in ("0.weight", "2.weight"):
+        for stat in ("norm", "update_ratio", "drift", "max_abs", "rms", "nonfinite"):
+            steps = [m.step for m in client.get_metric_history(run_id, metric_key(layer, stat))]
+            assert sorted(steps) == ([2, 4, 6, 8] if stat == "update_ratio" else [0, 2, 4, 6, 8]), (layer, stat)
+    wv.render_run(run_id, force=True)
+    assert len(client.get_metric_history(run_id, metric_key("0.weight", "drift"))) == 5
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_record_metrics_off_and_nonfinite_weights() -> None:
+    import mlflow
+    import torch
+
+    w = torch.zeros(4, 4)
+    big = torch.ones(80, 80)
+    with mlflow.start_run() as run, wv.record({"w": w, "big": big}, render=False, metrics=False) as rec:
+        rec.step(0)
+    assert not MlflowClient().get_run(run.info.run_id).data.metrics
+    with mlflow.start_run() as run, wv.record({"w": w, "big": big}, render=False) as rec:
+        rec.step(0)  # all zero: no drift (0/0), norm 0
+        w[0, 0], big[0, 0], big[1, 1] = float("nan"), float("inf"), float("nan")
+        w[1, 1] = 2.0
+        rec.step(1)
+    client = MlflowClient()
+    run_id = run.info.run_id
+    assert history(client, run_id, "w", "norm") == {0: 0.0, 1: 2.0}
+    assert history(client, run_id, "w", "nonfinite") == {0: 0.0, 1: 1 / 16}
+    assert history(client, run_id, "w", "update_ratio") == {}  # ‖W_0‖ = 0
+    assert history(client, run_id, "big", "norm")[1] == pytest.approx(math.sqrt(6400 - 2))
+    assert history(client, run_id, "big", "nonfinite")[1] == pytest.approx(2 / 6400)
+    assert history(client, run_id, "big", "max_abs")[1] == 1.0
+    assert history(client, run_id, "big", "update_ratio")[1] == pytest.approx(math.sqrt(2) / 80, rel=0.5)
+
+
+def test_a_failing_server_warns_and_training_goes_on() -> None:
+    from mlflow_weightviz.capture._live import MetricLog
+
+    class Broken:
+        def log_batch(self, *args: object, **kwargs: object) -> None:
+            raise ConnectionError("server gone")
+
+    log = MetricLog(Broken(), "run")  # type: ignore[arg-type]
+    log.put([("weightviz/w/norm", 1.0, 0)])
+    with pytest.warns(wv.WeightvizWarning, match="server gone"):
+        log.close(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["adam", "rank1", "rank16", "tall"])
+def test_sketch_estimates_the_update_norm(kind: str) -> None:
+    """The reduced path's ‖S(W_t) − S(W_s)‖ against the exact ‖W_t − W_s‖ (figures in docs/capture.md)."""
+    import torch
+
+    from mlflow_weightviz.capture._live import measure_device
+
+    torch.manual_seed(1)
+    cache: dict[object, object] = {}
+    if kind == "adam":
+        lin = torch.nn.Linear(1024, 1024, bias=False)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
+        x, t = torch.randn(128, 1024), torch.randn(128, 1024)
+        w0 = lin.weight.detach().clone()
+        for _ in range(5):
+            opt.zero_grad()
+            ((lin(x) - t) ** 2).mean().backward()
+            opt.step()
+        w1, bound = lin.weight.detach().clone(), 0.03
+    elif kind == "tall":
+        w0 = torch.randn(6000, 300) * 0.02
+        w1, bound = w0 + 1e-4 * torch.randn_like(w0), 0.03
+    else:
+        r = 1 if kind == "rank1" else 16
+        w0 = torch.randn(1024, 1024) * 0.02
+        w1, bound = w0 + 1e-4 * torch.randn(1024, r) @ torch.randn(r, 1024), 0.35 if r == 1 else 0.12
+    est = float(np.linalg.norm(measure_device(w1, cache).sketch - measure_device(w0, cache).sketch))
+    exact = float(torch.linalg.vector_norm(w1.double() - w0.double()))
+    assert abs(est / exact - 1) < bound
+    # The sketch is linear and the same for numpy arrays: S(W) from numpy agrees.
+    np_sketch = measure_device(w1.numpy()).sketch
+    assert np.allclose(np_sketch, measure_device(w1, cache).sketch, rtol=1e-3, atol=1e-5)
