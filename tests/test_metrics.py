@@ -298,7 +298,8 @@ def test_a_failing_server_warns_and_training_goes_on() -> None:
 
     class Broken:
         def log_batch(self, *args: object, **kwargs: object) -> None:
-            raise ConnectionError("server gone")
+            msg = "server gone"
+            raise ConnectionError(msg)
 
     log = MetricLog(Broken(), "run")  # type: ignore[arg-type]
     log.put([("weightviz/w/norm", 1.0, 0)])
