@@ -91,19 +91,30 @@ class DeviceMeasure:
     max_abs: float
     sketch: np.ndarray
 
+    def merge(self, other: DeviceMeasure) -> None:
+        """Add the measure of other rows of the same layer (another rank's shard)."""
+        self.squares += other.squares
+        self.finite += other.finite
+        self.total += other.total
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.sketch = self.sketch + other.sketch
 
-def measure_device(value: Any, cache: dict[Any, Any] | None = None) -> DeviceMeasure:
+
+def measure_device(value: Any, cache: dict[Any, Any] | None = None, *, row0: int = 0,
+                   rows_total: int | None = None) -> DeviceMeasure:
     """Exact norm², finite count and max |w| of a layer, and its sketch, computed where it lives.
 
     Torch tensors stay on their device (only scalars and the small sketch are copied);
-    anything else is converted to numpy first.
+    anything else is converted to numpy first. A shard holding rows ``row0, row0 + 1, ...``
+    of a layer of ``rows_total`` rows gives a measure that adds up with the other shards'
+    (:meth:`DeviceMeasure.merge`) to that of the whole layer.
     """
     cache = {} if cache is None else cache
     if is_torch(value):
-        return _torch_measure(value, cache)
+        return _torch_measure(value, cache, row0, rows_total)
     from mlflow_weightviz.capture._arrays import to_numpy
 
-    return _numpy_measure(to_numpy(value), cache)
+    return _numpy_measure(to_numpy(value), cache, row0, rows_total)
 
 
 def sketch(value: Any) -> np.ndarray:
@@ -122,15 +133,16 @@ def _band_rows(cols: int) -> int:
     return max(1, BAND_VALUES // max(1, cols))
 
 
-def _numpy_measure(arr: np.ndarray, cache: dict[Any, Any]) -> DeviceMeasure:
+def _numpy_measure(arr: np.ndarray, cache: dict[Any, Any], row0: int, rows_total: int | None) -> DeviceMeasure:
     if np.iscomplexobj(arr):
         arr = np.abs(arr)
     rows, cols = matrix_shape(tuple(arr.shape))
     mat = arr.reshape(rows, cols)
+    total = rows if rows_total is None else rows_total
     g = _numpy_g(cols, cache)
-    signs = _numpy_signs(rows, cache)
+    signs = _numpy_signs(total, cache)
     width = g.shape[1] if g is not None else cols
-    out = np.zeros((BUCKETS if signs is not None else rows, width))
+    out = np.zeros((BUCKETS if signs is not None else total, width))
     sq = mx = 0.0
     finite = 0
     step = _band_rows(cols)
@@ -145,10 +157,11 @@ def _numpy_measure(arr: np.ndarray, cache: dict[Any, Any]) -> DeviceMeasure:
         if band.size:
             mx = max(mx, float(np.abs(band).max()))
         y = band @ g if g is not None else band
+        at = row0 + r0
         if signs is not None:
-            _fold(out, y * signs[r0:r0 + step, None], r0)
+            _fold(out, y * signs[at:at + y.shape[0], None], at)
         else:
-            out[r0:r0 + step] = y
+            out[at:at + y.shape[0]] = y
     return DeviceMeasure(sq, finite, rows * cols, mx, out)
 
 
@@ -182,7 +195,7 @@ def _fold(out: Any, y: Any, r0: int) -> None:
         r += n
 
 
-def _torch_measure(tensor: Any, cache: dict[Any, Any]) -> DeviceMeasure:
+def _torch_measure(tensor: Any, cache: dict[Any, Any], row0: int, rows_total: int | None) -> DeviceMeasure:
     import torch
 
     with torch.no_grad():
@@ -195,10 +208,11 @@ def _torch_measure(tensor: Any, cache: dict[Any, Any]) -> DeviceMeasure:
         # Band sums in float32 (float64 for float64 layers; torch sums pairwise), added up in float64.
         acc = torch.float64 if mat.dtype == torch.float64 else torch.float32
         sk_dtype = acc
+        total = rows if rows_total is None else rows_total
         g = _torch_g(cols, dev, sk_dtype, cache)
-        signs = _torch_signs(rows, dev, sk_dtype, cache)
+        signs = _torch_signs(total, dev, sk_dtype, cache)
         width = g.shape[1] if g is not None else cols
-        out = torch.zeros((BUCKETS if signs is not None else rows, width), dtype=sk_dtype, device=dev)
+        out = torch.zeros((BUCKETS if signs is not None else total, width), dtype=sk_dtype, device=dev)
         sq = torch.zeros((), dtype=torch.float64, device=dev)
         finite: Any = torch.zeros((), dtype=torch.int64, device=dev)
         mx = torch.zeros((), dtype=torch.float64, device=dev)
@@ -219,10 +233,11 @@ def _torch_measure(tensor: Any, cache: dict[Any, Any]) -> DeviceMeasure:
             y = band.to(sk_dtype)
             if g is not None:
                 y = y @ g
+            at = row0 + r0
             if signs is not None:
-                _fold(out, y * signs[r0:r0 + step, None], r0)
+                _fold(out, y * signs[at:at + y.shape[0], None], at)
             else:
-                out[r0:r0 + step] = y
+                out[at:at + y.shape[0]] = y
             del band, y
         scalars = torch.stack([sq, finite.to(torch.float64), mx]).cpu().tolist()
         host = out.to("cpu", torch.float64).numpy()
@@ -296,13 +311,16 @@ class LiveMetrics:
         self._send(out)
         return out
 
-    def measure_combined(self, step: int, arrays: Mapping[str, np.ndarray]) -> dict[str, StepStats]:
-        """Measure a snapshot assembled from shards (FSDP2) on rank 0, from its stored arrays.
+    def measure_combined(self, step: int, arrays: Mapping[str, np.ndarray],
+                         measures: Mapping[str, DeviceMeasure] | None = None) -> dict[str, StepStats]:
+        """Measure a snapshot assembled from shards (FSDP2) on rank 0.
 
-        Layers stored whole are measured exactly; reduced layers from their block RMS and
-        max-abs (exact norm, RMS, max |w|, non-finite fraction; no update ratio or drift).
-        Crops are left to the render.
+        Layers stored whole are measured exactly; reduced layers from the ranks' merged
+        ``measures`` (as for one process), or, without one, from their block RMS and max-abs
+        (norm, RMS, max |w|, non-finite fraction; no update ratio or drift). Crops are left
+        to the render.
         """
+        measures = measures or {}
         import json
 
         from mlflow_weightviz.capture.reduce import META_KEY
@@ -313,7 +331,9 @@ class LiveMetrics:
             meta = json.loads(bytes(np.asarray(arrays[META_KEY], np.uint8)).decode())["layers"]
         out: dict[str, StepStats] = {}
         for name, info in meta.items():
-            if info.get("kind") == "reduced":
+            if info.get("kind") == "reduced" and name in measures:
+                out[name] = self._from_measure(name, step, tuple(info["shape"]), measures[name])
+            elif info.get("kind") == "reduced":
                 out[name] = block_stats(step, arrays[f"{name}::rms"], arrays[f"{name}::maxabs"],
                                         tuple(info["matrix"]), tuple(info["block"]))
         for name, arr in arrays.items():
@@ -348,8 +368,10 @@ class LiveMetrics:
 
     def _sketched(self, name: str, step: int, value: Any) -> StepStats:
         shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+        return self._from_measure(name, step, shape, measure_device(value, self._cache))
+
+    def _from_measure(self, name: str, step: int, shape: tuple[int, ...], m: DeviceMeasure) -> StepStats:
         kept = self._fresh(name, shape, sketched=True)
-        m = measure_device(value, self._cache)
         norm = math.sqrt(m.squares)
 
         def estimate(base: np.ndarray | None, base_norm: float) -> float | None:

@@ -123,6 +123,7 @@ class Recorder:
         if self._writes and self.settings.options.outputs.metrics:
             self._live = LiveMetrics(MetricLog(self._client, self.run_id))
         self._measure_failures = 0
+        self._sketch_cache: dict[Any, Any] = {}  # every rank's sketch matrices, made once per layer shape
         if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
             self._check_selection()
         self._dir = Path()
@@ -298,11 +299,11 @@ class Recorder:
                               f"{err}; training goes on (later problems are not reported again)",
                               WeightvizWarning, stacklevel=4)
 
-    def _measure_combined(self, step: int, arrays: Mapping[str, Any]) -> None:
-        """Sharded layers: measured on rank 0 from the combined snapshot (exact where whole, block figures else)."""
+    def _measure_combined(self, step: int, arrays: Mapping[str, Any], measures: Mapping[str, Any]) -> None:
+        """Sharded layers: measured on rank 0 from the combined snapshot and the ranks' merged measures."""
         assert self._live is not None
         try:
-            self._live.measure_combined(step, arrays)
+            self._live.measure_combined(step, arrays, measures)
         except Exception as err:
             self._measure_failures += 1
             if self._measure_failures == 1:
@@ -327,7 +328,8 @@ class Recorder:
         rank, size = self._world
         settings = self.settings
         kw: dict[str, Any] = {"rank": rank, "grid": settings.grid, "reduce": settings.reduce,
-                              "dtype": settings.dtype, "crops": settings.crops}
+                              "dtype": settings.dtype, "crops": settings.crops,
+                              "measure": self._sketch_cache if settings.options.outputs.metrics else None}
         failure: str | None = None
         piece: _distributed.Piece | None = None
         current: Mapping[str, Any] = {}
@@ -360,7 +362,7 @@ class Recorder:
             self._capture_failed(step, err)
             return False
         if self._live is not None:
-            self._measure_combined(step, arrays)
+            self._measure_combined(step, arrays, _distributed.measures(pieces))
         return self._store(step, arrays)
 
     def _store(self, step: int, arrays: Mapping[str, Any]) -> bool:
