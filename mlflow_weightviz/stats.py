@@ -38,6 +38,9 @@ METRIC_PREFIX = "weightviz"
 #: The statistics of :class:`StepStats`, in the order they are documented and logged.
 STAT_NAMES = ("norm", "update_ratio", "drift", "max_abs", "rms", "nonfinite")
 
+#: The longest metric key MLflow accepts.
+MAX_KEY = 250
+
 # MLflow metric keys allow letters, digits, "_ - . / " and spaces (as image keys do).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
@@ -86,9 +89,19 @@ def metric_key(layer: str, stat: str) -> str:
     """The MLflow metric key of a layer's statistic, e.g. ``weightviz/fc1.weight/norm``.
 
     The layer name is made a valid key the same way as the step images' keys: characters
-    MLflow does not allow become ``_``.
+    MLflow does not allow become ``_``. A key longer than MLflow's 250 characters keeps
+    the start of the layer name and ends it with a hash of the whole name, so it stays
+    valid and distinct.
     """
-    return f"{METRIC_PREFIX}/{_UNSAFE.sub('_', layer)}/{stat}"
+    safe = _UNSAFE.sub("_", layer)
+    key = f"{METRIC_PREFIX}/{safe}/{stat}"
+    if len(key) <= MAX_KEY:
+        return key
+    import hashlib
+
+    digest = hashlib.sha256(layer.encode()).hexdigest()[:8]
+    room = MAX_KEY - len(f"{METRIC_PREFIX}//{stat}") - len(digest) - 1
+    return f"{METRIC_PREFIX}/{safe[:room]}-{digest}/{stat}"
 
 
 def layer_stats(snapshots: Sequence[Snapshot]) -> list[StepStats]:

@@ -339,3 +339,11 @@ def test_sketch_estimates_the_update_norm(kind: str) -> None:
     # The sketch is linear and the same for numpy arrays: S(W) from numpy agrees.
     np_sketch = measure_device(w1.numpy()).sketch
     assert np.allclose(np_sketch, measure_device(w1, cache).sketch, rtol=1e-3, atol=1e-5)
+
+
+def test_long_layer_names_get_valid_distinct_keys() -> None:
+    long_a, long_b = "blocks.attn.q" * 30 + "a", "blocks.attn.q" * 30 + "b"
+    keys = {metric_key(n, "update_ratio") for n in (long_a, long_b)}
+    assert len(keys) == 2
+    assert all(len(k) <= 250 and k.endswith("/update_ratio") for k in keys)
+    assert metric_key("fc1.weight", "norm") == "weightviz/fc1.weight/norm"

@@ -609,7 +609,10 @@ def record(source: Any, *, every: int = 1, layers: str | Sequence[str] | None = 
             ``{"fc.weight": (slice(0, 32), slice(100, 164))}`` (rows and columns of the
             layer's 2-D view, step 1; bounds are clipped to the layer).
         **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs,
-            such as ``max_frames=50`` or ``cmap="viridis"``.
+            such as ``max_frames=50`` or ``cmap="viridis"``. ``metrics=False`` also stops the
+            training metrics (``weightviz/<layer>/norm``, ...) that are otherwise measured at
+            every snapshot on the full tensors and logged in the background while training
+            (see docs/metrics.md).
 
     Under ``torch.distributed`` (call ``record`` after ``init_process_group``, on every
     rank): with data parallelism (DDP) rank 0 of the default group records and
