@@ -100,6 +100,9 @@ def _render_option_params(
     = None,
     grid: Annotated[bool, typer.Option(
         "--grid", help="Draw all layers side by side in one grid.gif, one frame per step.")] = False,
+    metrics: Annotated[bool, typer.Option(
+        "--metrics/--no-metrics", help="(render) Log each layer's norm, update ratio, drift, max |w|, RMS and "
+        "non-finite fraction as run metrics weightviz/<layer>/<stat>.")] = True,
 ) -> RenderOptions:
     del allow_pickle, workers  # not render options: the commands pass them on (see _Options.run_args)
     return RenderOptions(
@@ -107,7 +110,7 @@ def _render_option_params(
         max_rows=max_rows, max_cols=max_cols, pool=pool, rows=rows, cols=cols, row_label=row_label,
         col_label=col_label, frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
         max_frames=max_frames, dpi=dpi, view=view,
-        formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid,
+        formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid, metrics=metrics,
         step_images=step_images_every if step_images_every is not None else (1 if step_images else None))
 
 

@@ -211,12 +211,17 @@ class OutputOptions:
             step, for the run's image slider; ``None`` logs none. Needs a run.
         caption_metric: A run metric whose value at or before each frame's step is written
             under the frame's title. Needs a run.
+        metrics: Log each layer's training diagnostics (``weightviz/<layer>/norm``,
+            ``update_ratio``, ``drift``, ``max_abs``, ``rms``, ``nonfinite``) as run metrics,
+            one per snapshot step (see docs/metrics.md). Only when rendering to a run;
+            metrics the run already has are not logged again.
     """
 
     formats: tuple[Format, ...] = (Format.GIF,)
     grid: bool = False
     step_images: int | None = None
     caption_metric: str | None = None
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         given: Any = self.formats  # a single "gif" is accepted too
@@ -332,6 +337,8 @@ class RenderOptions:
         for name in ("rows", "cols"):  # only when set: other renders keep their fingerprint
             if getattr(self.look, name) is not None:
                 out[name] = list(getattr(self.look, name))
+        if not self.outputs.metrics:  # only when off: renders from before metrics keep their fingerprint
+            out["metrics"] = False
         return out
 
 

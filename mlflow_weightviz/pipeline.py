@@ -47,6 +47,7 @@ from mlflow_weightviz.tags import LAYERS_FILE, TAG_FINGERPRINT, TAG_PREFIX, Stat
 
 if TYPE_CHECKING:
     from mlflow_weightviz.frames import HeatmapRenderer
+    from mlflow_weightviz.outputs.metrics import MetricsBatch
 
 __all__ = ["COMPARE_ARTIFACT_PATH", "CompareResult", "LayerResult", "LayerSummary", "RenderResult", "compare_runs",
            "draw_layer", "inspect_file", "inspect_run", "render_file", "render_layers", "render_run", "write_frames"]
@@ -389,8 +390,10 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
             raise UsageError(msg)
         staging = workdir / "out"
         staging.mkdir()
+        # Statistics of every snapshot (not only the frames drawn), computed once; only for a run.
+        batch = _metrics_batch(run_sink, layers) if run_sink is not None and options.outputs.metrics else None
         results, step_writers = _render_all(layers, options, staging, workdir=workdir, progress=progress,
-                                            caption=caption, workers=workers)
+                                            caption=caption, workers=workers, metrics=batch)
         staged = {r.layer: staging / r.file_name for r in results}
         outputs.warn_if_too_big([staging / f for r in results for f in r.files])
         local_paths = LocalSink(Path(out) if out is not None else None,
@@ -411,11 +414,11 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                 TAG_PREFIX + "version": __version__,
                 TAG_PREFIX + "status": Status.RENDERED.value,
             })
-            # Step images go after the claim check and the GIFs, before the final tags.
-            step_images = functools.partial(_log_step_images, run_sink, step_writers) if step_writers else None
+            # Step images and metrics go after the claim check and the GIFs, before the final tags.
+            more = functools.partial(_log_more, run_sink, step_writers, batch) if step_writers or batch else None
             # Everything in staging goes to the run, one file per format of each layer.
             published = (publish or run_sink).deliver({p.name: p for p in staging.iterdir() if p.is_file()}, tags,
-                                                      then=step_images)
+                                                      then=more)
             artifact_paths = sorted(str(a) for a in published.values())
         final = tuple(
             LayerResult(r.layer, r.frames, r.steps, r.shape, r.grid, r.file_name,
@@ -487,9 +490,10 @@ def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: Heatmap
 
 
 def _writers(stem: str, options: RenderOptions, staging: Path, steps_dir: Path | None,
-             player: Callable[[], dict[str, Any]] | None,
+             player: Callable[[], dict[str, Any]] | None, metrics: MetricsBatch | None = None,
+             layers: Sequence[str] = (),
              html: Callable[[Path], FrameWriter] | None = None) -> tuple[list[FrameWriter], StepImageWriter | None]:
-    """The writers of one layer (or the montage, or a comparison): one per format, plus the step images.
+    """The writers of one layer (or the montage, or a comparison): one per format, plus the step images and metrics.
 
     ``html`` builds the HTML writer when it is not one layer's player (a comparison's page).
     """
@@ -513,12 +517,17 @@ def _writers(stem: str, options: RenderOptions, staging: Path, steps_dir: Path |
     if options.outputs.step_images is not None and steps_dir is not None:
         steps = StepImageWriter(steps_dir / stem, options.outputs.step_images)
         writers.append(steps)
+    if metrics is not None:
+        from mlflow_weightviz.outputs.metrics import MetricsWriter
+
+        writers.append(MetricsWriter(metrics, layers))
     return writers, steps
 
 
 def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
                 workdir: Path | None, progress: ProgressCallback | None, caption: Caption | None,
-                workers: int) -> tuple[list[LayerResult], dict[str, StepImageWriter]]:
+                workers: int, metrics: MetricsBatch | None = None) -> tuple[list[LayerResult],
+                                                                             dict[str, StepImageWriter]]:
     if workers < 1:
         msg = f"workers must be at least 1; got {workers}"
         raise UsageError(msg)
@@ -533,7 +542,8 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
     files = functools.partial(_files, formats)
     if options.outputs.grid:
         _warn_workers(workers, "--grid draws the montage in one process")
-        return [_render_grid(layers, options, staging, work, steps_dir, step_writers, progress, caption)], step_writers
+        return [_render_grid(layers, options, staging, work, steps_dir, step_writers, progress, caption,
+                             metrics)], step_writers
     names = unique_names(layers)
     drawn = any(f is not Format.HTML for f in formats) or options.outputs.step_images is not None
     if not drawn:
@@ -554,7 +564,8 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
 
     def writers_for(prepared: PreparedLayer, spec: Mapping[str, Any]) -> list[FrameWriter]:
         stem = names[prepared.name]
-        writers, steps = _writers(stem, options, staging, steps_dir, lambda: _player(prepared, options, spec))
+        writers, steps = _writers(stem, options, staging, steps_dir, lambda: _player(prepared, options, spec),
+                                  metrics, (prepared.name,))
         if steps is not None:
             step_writers[stem] = steps
         return writers
@@ -652,11 +663,11 @@ def _parallel_frames(layers: Mapping[str, Sequence[Snapshot]], options: RenderOp
 
 def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, work: Path,
                  steps_dir: Path | None, step_writers: dict[str, StepImageWriter], progress: ProgressCallback | None,
-                 caption: Caption | None) -> LayerResult:
+                 caption: Caption | None, metrics: MetricsBatch | None = None) -> LayerResult:
     """All layers side by side (``--grid``) through the same frame loop and writers."""
     from mlflow_weightviz.outputs.montage import Montage
 
-    writers, steps = _writers("grid", options, staging, steps_dir, None)
+    writers, steps = _writers("grid", options, staging, steps_dir, None, metrics, tuple(layers))
     if steps is not None:
         step_writers["grid"] = steps
     montage = Montage(layers, options, workdir=work, caption=caption,
@@ -735,11 +746,26 @@ def _player(prepared: PreparedLayer, options: RenderOptions, spec: Mapping[str, 
             "note": prepared.info.note(), "block": prepared.info.block, "matrix": prepared.info.matrix}
 
 
-def _log_step_images(sink: RunSink, step_writers: Mapping[str, StepImageWriter]) -> None:
+def _log_more(sink: RunSink, step_writers: Mapping[str, StepImageWriter], metrics: MetricsBatch | None) -> None:
+    """What goes to the run after the files and before the final tags: step images, then metrics."""
     from mlflow_weightviz.sinks import image_key
 
     for stem, writer in step_writers.items():
         sink.log_step_images(image_key(stem), writer.frames())
+    if metrics is not None and metrics.staged:
+        sink.log_metrics(metrics.staged)
+
+
+def _metrics_batch(sink: RunSink, layers: Mapping[str, Sequence[Snapshot]]) -> MetricsBatch:
+    """Every layer's statistics, and the metrics the run already has (``record()`` logs them while training)."""
+    from mlflow_weightviz import stats
+    from mlflow_weightviz.outputs.metrics import MetricsBatch
+
+    with _tracking.translate(f"reading the metrics of run {sink.run_id}"):
+        have = sink.client.get_run(sink.run_id).data.metrics
+        history = stats.logged_history(sink.client, sink.run_id, layers, have)
+    logged = stats.read_logged(sink.client, sink.run_id, layers, history=history)
+    return MetricsBatch(stats.collect(layers, logged), history)
 
 
 def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: Caption | None = None) -> dict[str, Any]:

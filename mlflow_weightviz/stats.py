@@ -29,14 +29,17 @@ from mlflow_weightviz.snapshots import LazyArray, Reduced, Snapshot
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "collect", "layer_stats", "metric_key", "read_logged",
-           "stats_by_step"]
+__all__ = ["METRIC_PREFIX", "STAT_NAMES", "StepStats", "block_stats", "collect", "layer_stats", "logged_history",
+           "metric_key", "read_logged", "stats_by_step"]
 
 #: Every metric key starts with this.
 METRIC_PREFIX = "weightviz"
 
 #: The statistics of :class:`StepStats`, in the order they are documented and logged.
 STAT_NAMES = ("norm", "update_ratio", "drift", "max_abs", "rms", "nonfinite")
+
+#: The longest metric key MLflow accepts.
+MAX_KEY = 250
 
 # MLflow metric keys allow letters, digits, "_ - . / " and spaces (as image keys do).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -86,9 +89,19 @@ def metric_key(layer: str, stat: str) -> str:
     """The MLflow metric key of a layer's statistic, e.g. ``weightviz/fc1.weight/norm``.
 
     The layer name is made a valid key the same way as the step images' keys: characters
-    MLflow does not allow become ``_``.
+    MLflow does not allow become ``_``. A key longer than MLflow's 250 characters keeps
+    the start of the layer name and ends it with a hash of the whole name, so it stays
+    valid and distinct.
     """
-    return f"{METRIC_PREFIX}/{_UNSAFE.sub('_', layer)}/{stat}"
+    safe = _UNSAFE.sub("_", layer)
+    key = f"{METRIC_PREFIX}/{safe}/{stat}"
+    if len(key) <= MAX_KEY:
+        return key
+    import hashlib
+
+    digest = hashlib.sha256(layer.encode()).hexdigest()[:8]
+    room = MAX_KEY - len(f"{METRIC_PREFIX}//{stat}") - len(digest) - 1
+    return f"{METRIC_PREFIX}/{safe[:room]}-{digest}/{stat}"
 
 
 def layer_stats(snapshots: Sequence[Snapshot]) -> list[StepStats]:
@@ -193,10 +206,17 @@ def _band(mat: np.ndarray | LazyArray, r0: int, r1: int) -> np.ndarray:
 
 
 def _reduced_stats(snap: Snapshot, meta: Reduced) -> StepStats:
-    rms = np.asarray(meta.stats["rms"](), dtype=np.float64)
-    maxabs = np.asarray(meta.stats["maxabs"](), dtype=np.float64)
-    rows, cols = meta.matrix
-    br, bc = meta.block
+    return block_stats(snap.step, np.asarray(meta.stats["rms"]()), np.asarray(meta.stats["maxabs"]()), meta.matrix,
+                       meta.block)
+
+
+def block_stats(step: int, rms: np.ndarray, maxabs: np.ndarray, matrix: tuple[int, int],
+                block: tuple[int, int]) -> StepStats:
+    """Norm, RMS, max |w| and non-finite fraction from a layer's block RMS and max-abs (no ratios)."""
+    rms = np.asarray(rms, dtype=np.float64)
+    maxabs = np.asarray(maxabs, dtype=np.float64)
+    rows, cols = matrix
+    br, bc = block
     gr, gc = rms.shape
     # Elements behind each stored cell: edge blocks are smaller.
     n_r = np.minimum(br, rows - np.arange(gr) * br).astype(np.float64)
@@ -208,7 +228,7 @@ def _reduced_stats(snap: Snapshot, meta: Reduced) -> StepStats:
     total = float(rows * cols)
     fin_max = maxabs[np.isfinite(maxabs)]
     norm = math.sqrt(sq)
-    return StepStats(step=snap.step, norm=norm, update_ratio=None, drift=None,
+    return StepStats(step=step, norm=norm, update_ratio=None, drift=None,
                      max_abs=float(fin_max.max()) if fin_max.size else 0.0,
                      rms=norm / math.sqrt(finite) if finite else 0.0,
                      nonfinite=1.0 - finite / total if total else 0.0)
@@ -232,24 +252,45 @@ def collect(layers: Mapping[str, Sequence[Snapshot]],
     return out
 
 
-def read_logged(client: MlflowClient, run_id: str, layers: Iterable[str],
-                metrics: Mapping[str, float] | None = None) -> dict[str, list[StepStats]]:
-    """The statistics a run already has as ``weightviz/<layer>/<stat>`` metrics, by layer, in step order.
+def logged_history(client: MlflowClient, run_id: str, layers: Iterable[str],
+                   metrics: Mapping[str, float] | None = None) -> dict[str, dict[int, float]]:
+    """Every ``weightviz/<layer>/<stat>`` metric the run has for ``layers``: key → {step: value}.
 
-    ``metrics`` is the run's latest metrics (``run.data.metrics``), used to skip layers that
-    have none without a request each.
+    ``metrics`` is the run's latest metrics (``run.data.metrics``): only keys found there
+    cost a request (their history), so a run without metrics costs none.
     """
     if metrics is None:
         metrics = client.get_run(run_id).data.metrics
-    out: dict[str, list[StepStats]] = {}
+    out: dict[str, dict[int, float]] = {}
     for layer in layers:
-        if metric_key(layer, "norm") not in metrics:
-            continue
-        series: dict[str, dict[int, float]] = {}
         for stat in STAT_NAMES:
             key = metric_key(layer, stat)
             if key in metrics:
-                series[stat] = {m.step: float(m.value) for m in client.get_metric_history(run_id, key)}
+                out[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)}
+    return out
+
+
+def read_logged(client: MlflowClient, run_id: str, layers: Iterable[str],
+                metrics: Mapping[str, float] | None = None,
+                history: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, list[StepStats]]:
+    """The statistics a run already has as ``weightviz/<layer>/<stat>`` metrics, by layer, in step order.
+
+    ``metrics`` is the run's latest metrics (``run.data.metrics``), used to skip layers that
+    have none without a request each. ``history`` (from :func:`logged_history`) saves the
+    requests when the histories were read already.
+    """
+    layers = list(layers)
+    if history is None:
+        history = logged_history(client, run_id, layers, metrics)
+    out: dict[str, list[StepStats]] = {}
+    for layer in layers:
+        if metric_key(layer, "norm") not in history:
+            continue
+        series: dict[str, Mapping[int, float]] = {}
+        for stat in STAT_NAMES:
+            key = metric_key(layer, stat)
+            if key in history:
+                series[stat] = history[key]
         norms = series.get("norm", {})
         out[layer] = [
             StepStats(step=step, norm=norm,

@@ -159,6 +159,39 @@ def test_fsdp2_ranks_reduce_their_shards_and_rank_0_stores_one_series(tmp_path: 
                                               "block": [3, 1], "grid": [45, 33], "dtype": "float32"}
         assert meta["layers"]["0.weight[60:70,0:5]"] == {"kind": "crop", "of": "0.weight", "rows": [60, 70],
                                                          "cols": [0, 5], "shape": [133, 33]}
+    _check_metrics(tmp_path, stored)
+
+
+def _check_metrics(tmp_path: Path, stored: dict[int, dict[str, np.ndarray]]) -> None:
+    """The training metrics: one series logged by rank 0, measured on the whole layers across the shards."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_weightviz.stats import metric_key
+
+    client = MlflowClient()
+    run_id = (tmp_path / "run_id").read_text()
+    steps = sorted(stored)
+    full = {}
+    for step in steps:
+        with np.load(tmp_path / f"full_{step}.npz") as z:
+            full[step] = {k: z[k].astype(np.float64) for k in z.files}
+    # 0.weight (133×33, reduced) is narrower than the sketch: its estimate is exact; 2.weight (40×133) is sketched.
+    for layer, rel in (("0.weight", 1e-5), ("2.weight", 0.25), ("4.weight", 1e-5)):
+        name = next(n for n in full[steps[0]] if n.endswith(layer))
+
+        def series(stat: str, name: str = name) -> dict[int, float]:
+            return {m.step: m.value for m in client.get_metric_history(run_id, metric_key(name, stat))}
+
+        norm, ratio, drift = series("norm"), series("update_ratio"), series("drift")
+        assert sorted(norm) == steps, layer  # each step once: only rank 0 logs
+        assert sorted(ratio) == steps[1:], layer
+        for i, step in enumerate(steps):
+            w, w0 = full[step][name], full[steps[0]][name]
+            assert norm[step] == pytest.approx(np.linalg.norm(w), rel=1e-5), layer
+            assert drift[step] == pytest.approx(np.linalg.norm(w - w0) / np.linalg.norm(w0), rel=rel, abs=1e-7)
+            if i:
+                prev = full[steps[i - 1]][name]
+                assert ratio[step] == pytest.approx(np.linalg.norm(w - prev) / np.linalg.norm(prev), rel=rel), layer
 
 
 def test_ddp_rank_0_records_alone(tmp_path: Path) -> None:

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from mlflow_weightviz.capture._arrays import Crop, _exact, _shape, crop_window, to_numpy
+from mlflow_weightviz.capture._live import DeviceMeasure, measure_device
 from mlflow_weightviz.capture.reduce import META_KEY, Partial, dtype_name, metadata_array, partial_of, plan
 from mlflow_weightviz.grid import matrix_shape
 
-__all__ = ["Exact", "Piece", "combine", "gather", "is_dtensor", "local_pieces", "world"]
+__all__ = ["Exact", "Piece", "combine", "measures", "gather", "is_dtensor", "local_pieces", "world"]
 
 
 def world() -> tuple[int, int] | None:
@@ -70,6 +71,8 @@ class Piece:
     exact: dict[str, Exact] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     assemble: list[str] = field(default_factory=list)  # layers to gather with full_tensor()
+    # Training metrics of reduced rows; None where measuring failed (the layer then gets block figures only).
+    measures: dict[str, DeviceMeasure | None] = field(default_factory=dict)
 
 
 def _rows_of(value: Any, rank: int) -> tuple[Any, int] | None:
@@ -102,8 +105,12 @@ class _Assemble(Exception):  # a signal, not an error
 
 
 def local_pieces(current: Mapping[str, Any], names: Sequence[str], *, rank: int, grid: tuple[int, int],
-                 reduce: bool, dtype: Any, crops: Sequence[Crop]) -> Piece:
-    """This rank's part of a snapshot of the layers ``names`` (and the crops), computed locally."""
+                 reduce: bool, dtype: Any, crops: Sequence[Crop], measure: dict[Any, Any] | None = None) -> Piece:
+    """This rank's part of a snapshot of the layers ``names`` (and the crops), computed locally.
+
+    With ``measure`` (a cache for the sketch), reduced rows are also measured for the
+    training metrics (see ``_live.py``), before they are reduced.
+    """
     piece = Piece()
     values = {str(k): v for k, v in current.items()}
     for name in names:
@@ -114,7 +121,8 @@ def local_pieces(current: Mapping[str, Any], names: Sequence[str], *, rank: int,
         except _Assemble:
             piece.assemble.append(name)
             continue
-        _add(piece, name, found, _shape(value), dtype_name(value), grid=grid, reduce=reduce, dtype=dtype)
+        _add(piece, name, found, _shape(value), dtype_name(value), grid=grid, reduce=reduce, dtype=dtype,
+             measure=measure)
     for layer, rows, cols in crops:
         if layer not in values:
             msg = f"crops: no layer {layer!r}"
@@ -134,9 +142,14 @@ def local_pieces(current: Mapping[str, Any], names: Sequence[str], *, rank: int,
 
 
 def _add(piece: Piece, name: str, found: tuple[Any, int] | None, shape: tuple[int, ...], kind: str, *,
-         grid: tuple[int, int], reduce: bool, dtype: Any) -> None:
+         grid: tuple[int, int], reduce: bool, dtype: Any, measure: dict[Any, Any] | None = None) -> None:
     blocks = plan(shape, *grid)
     if reduce and blocks.reduced and math.prod(shape) > 0:
+        if measure is not None and found is not None:
+            try:
+                piece.measures[name] = measure_device(found[0], measure, row0=found[1], rows_total=blocks.matrix[0])
+            except Exception:  # a metrics problem must not cost the snapshot: rank 0 falls back
+                piece.measures[name] = None
         partial = Partial.empty(blocks.grid) if found is None else partial_of(found[0], found[1], blocks)
         piece.reduced[name] = (blocks, kind, partial)
         return
@@ -162,7 +175,7 @@ def _crop_rows(found: tuple[Any, int], shape: tuple[int, ...], window: tuple[tup
 
 
 def assemble(piece: Piece, current: Mapping[str, Any], *, rank: int, grid: tuple[int, int], reduce: bool,
-             dtype: Any, crops: Sequence[Crop]) -> None:
+             dtype: Any, crops: Sequence[Crop], measure: dict[Any, Any] | None = None) -> None:
     """Gather the layers in ``piece.assemble`` with ``full_tensor()`` (a collective: every rank, same order)."""
     values = {str(k): v for k, v in current.items()}
     by_crop = {crop_window(layer, _shape(values[layer]), r, c)[0]: layer for layer, r, c in crops if layer in values}
@@ -177,7 +190,7 @@ def assemble(piece: Piece, current: Mapping[str, Any], *, rank: int, grid: tuple
             exact.parts.extend(_crop_rows((whole, 0), exact.shape, exact.window, dtype))
         else:
             _add(piece, name, (whole, 0), _shape(whole), dtype_name(values[source]), grid=grid, reduce=reduce,
-                 dtype=dtype)
+                 dtype=dtype, measure=measure)
 
 
 def combine(pieces: Sequence[Piece]) -> dict[str, np.ndarray]:
@@ -209,6 +222,21 @@ def combine(pieces: Sequence[Piece]) -> dict[str, np.ndarray]:
     if meta:
         out[META_KEY] = metadata_array(meta)
     return out
+
+
+def measures(pieces: Sequence[Piece]) -> dict[str, DeviceMeasure]:
+    """Rank 0: every reduced layer's training-metric measure, merged over the ranks' shards."""
+    out: dict[str, DeviceMeasure] = {}
+    failed: set[str] = set()
+    for piece in pieces:
+        for name, m in piece.measures.items():
+            if m is None:
+                failed.add(name)
+            elif name in out:
+                out[name].merge(m)
+            else:
+                out[name] = m
+    return {k: v for k, v in out.items() if k not in failed}
 
 
 def gather(obj: Any, rank: int, size: int) -> list[Any] | None:

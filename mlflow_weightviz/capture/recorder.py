@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_weightviz import _tracking
 from mlflow_weightviz.capture import _distributed
-from mlflow_weightviz.capture._arrays import ndim, snapshot_arrays, source_reader
+from mlflow_weightviz.capture._arrays import ndim, snapshot_arrays, source_reader, to_numpy
+from mlflow_weightviz.capture._live import LiveMetrics, MetricLog
 from mlflow_weightviz.capture.chunks import Layout, Segment
 from mlflow_weightviz.capture.settings import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, DOUBLE_EVERY, RecordSettings
 from mlflow_weightviz.errors import OutputError, UsageError, WeightvizError
@@ -117,6 +118,12 @@ class Recorder:
             warnings.warn("this model is wrapped in FSDP1 (FullyShardedDataParallel): its parameters are flat "
                           "shards, so rank 0 would record only its own shard; use FSDP2 (fully_shard), "
                           "which mlflow-weightviz records whole", WeightvizWarning, stacklevel=3)
+        # Training diagnostics, measured at each snapshot and logged in the background (see _live.py).
+        self._live: LiveMetrics | None = None
+        if self._writes and self.settings.options.outputs.metrics:
+            self._live = LiveMetrics(MetricLog(self._client, self.run_id))
+        self._measure_failures = 0
+        self._sketch_cache: dict[Any, Any] = {}  # every rank's sketch matrices, made once per layer shape
         if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
             self._check_selection()
         self._dir = Path()
@@ -188,10 +195,11 @@ class Recorder:
         if self._sharded:
             return self._capture_sharded(step)
         try:
-            arrays = self._snapshot()
+            arrays, measured = self._snapshot()
         except Exception as err:  # a capture problem never stops training
             self._capture_failed(step, err)
             return False
+        self._measure(step, measured, arrays)
         return self._store(step, arrays)
 
     def flush(self) -> list[str]:
@@ -225,6 +233,7 @@ class Recorder:
         if not self._writes:
             return None
         try:
+            self._close_live()  # before the render, which then finds them and logs none twice
             self._final_flush()
             if self.settings.render and self.snapshots and (exc is None or isinstance(exc, Exception)):
                 from mlflow_weightviz.pipeline import render_run
@@ -246,6 +255,7 @@ class Recorder:
             return
         self.closed = True
         _OPEN.discard(self)
+        self._close_live()
         self._final_flush()
         if self.settings.render and self.snapshots:
             _render_in_child(self.run_id, self.settings, self.tracking_uri)
@@ -263,13 +273,47 @@ class Recorder:
 
     # -- inside
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The snapshot's arrays, and the full tensors of the layers recorded (for the metrics)."""
         current = self._read()
         names = self._select(current)
         values = {str(k): v for k, v in current.items()}
         settings = self.settings
-        return snapshot_arrays({n: values[n] for n in names}, dtype=settings.dtype, grid=settings.grid,
-                               reduce=settings.reduce, crops=settings.crops, everything=values)
+        chosen = {n: values[n] for n in names}
+        return snapshot_arrays(chosen, dtype=settings.dtype, grid=settings.grid, reduce=settings.reduce,
+                               crops=settings.crops, everything=values), chosen
+
+    def _measure(self, step: int, values: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+        """Measure the layers on their full tensors and queue the metrics; problems are warnings."""
+        if self._live is None:
+            return
+        try:
+            # Layers stored whole are already on the host (exactly, unless a storage dtype was asked for).
+            host = {n: arrays[n] for n in values if n in arrays} if self.settings.dtype is None else {
+                n: to_numpy(values[n]) for n in values if n in arrays}
+            self._live.measure(step, values, host)
+        except Exception as err:
+            self._measure_failures += 1
+            if self._measure_failures == 1:
+                warnings.warn(f"could not measure the training metrics of step {step}: {type(err).__name__}: "
+                              f"{err}; training goes on (later problems are not reported again)",
+                              WeightvizWarning, stacklevel=4)
+
+    def _measure_combined(self, step: int, arrays: Mapping[str, Any], measures: Mapping[str, Any]) -> None:
+        """Sharded layers: measured on rank 0 from the combined snapshot and the ranks' merged measures."""
+        assert self._live is not None
+        try:
+            self._live.measure_combined(step, arrays, measures)
+        except Exception as err:
+            self._measure_failures += 1
+            if self._measure_failures == 1:
+                warnings.warn(f"could not measure the training metrics of step {step}: {type(err).__name__}: "
+                              f"{err}; training goes on (later problems are not reported again)",
+                              WeightvizWarning, stacklevel=4)
+
+    def _close_live(self) -> None:
+        if self._live is not None and self._live.log is not None:
+            self._live.log.close()
 
     def _capture_failed(self, step: int, err: BaseException, where: str = "") -> None:
         self.failures += 1
@@ -284,7 +328,8 @@ class Recorder:
         rank, size = self._world
         settings = self.settings
         kw: dict[str, Any] = {"rank": rank, "grid": settings.grid, "reduce": settings.reduce,
-                              "dtype": settings.dtype, "crops": settings.crops}
+                              "dtype": settings.dtype, "crops": settings.crops,
+                              "measure": self._sketch_cache if settings.options.outputs.metrics else None}
         failure: str | None = None
         piece: _distributed.Piece | None = None
         current: Mapping[str, Any] = {}
@@ -316,6 +361,8 @@ class Recorder:
         except Exception as err:
             self._capture_failed(step, err)
             return False
+        if self._live is not None:
+            self._measure_combined(step, arrays, _distributed.measures(pieces))
         return self._store(step, arrays)
 
     def _store(self, step: int, arrays: Mapping[str, Any]) -> bool:
@@ -562,7 +609,10 @@ def record(source: Any, *, every: int = 1, layers: str | Sequence[str] | None = 
             ``{"fc.weight": (slice(0, 32), slice(100, 164))}`` (rows and columns of the
             layer's 2-D view, step 1; bounds are clipped to the layer).
         **render_options: Fields of :class:`~mlflow_weightviz.RenderOptions` for the GIFs,
-            such as ``max_frames=50`` or ``cmap="viridis"``.
+            such as ``max_frames=50`` or ``cmap="viridis"``. ``metrics=False`` also stops the
+            training metrics (``weightviz/<layer>/norm``, ...) that are otherwise measured at
+            every snapshot on the full tensors and logged in the background while training
+            (see docs/metrics.md).
 
     Under ``torch.distributed`` (call ``record`` after ``init_process_group``, on every
     rank): with data parallelism (DDP) rank 0 of the default group records and
