@@ -575,7 +575,7 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: C
             "fmt": prepared.fmt, "annotate": options.look.annotate,
             "row_labels": [f"{options.look.row_label}{info.row_index(i)}" for i in range(rows)],
             "col_labels": [f"{options.look.col_label}{info.col_index(j)}" for j in range(cols)],
-            "title_sample": sample, "dpi": options.look.dpi}
+            "title_sample": sample, "dpi": options.look.dpi, "size": options.look.size}
 
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,
