@@ -102,6 +102,10 @@ class Quantizer:
         key = rgb[..., 0].astype(np.uint32) << 16
         key |= rgb[..., 1].astype(np.uint32) << 8
         key |= rgb[..., 2]
+        return self.lookup(key)
+
+    def lookup(self, key: np.ndarray) -> np.ndarray:
+        """The palette indices of colours packed as ``0xRRGGBB`` (uint32), like :meth:`__call__` of the colours."""
         index = self._lut[key]
         unknown = index == TRANSPARENT
         if unknown.any():
@@ -166,7 +170,8 @@ class FrameEncoder:
         """Make ``rgb`` the previous frame without encoding it (a worker starting mid-layer)."""
         self.previous = self.quantize(rgb)
 
-    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None) -> bytes | None:
+    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None, *,
+               index: np.ndarray | None = None) -> bytes | None:
         """The image block of one frame, or ``None`` when it equals the previous frame.
 
         Args:
@@ -174,8 +179,13 @@ class FrameEncoder:
             changed: Boxes ``(y0, y1, x0, x1)`` outside which ``rgb`` equals the previous
                 frame (see :attr:`HeatmapRenderer.changed_boxes`): only they are mapped to
                 the palette. The mapping is per pixel, so the result is the same.
+            index: ``rgb`` already as this palette's indices (see
+                :meth:`HeatmapRenderer.indices`, composed without mapping each pixel); then
+                ``rgb`` and ``changed`` are not read.
         """
-        if changed is None or self.previous is None:
+        if index is not None:
+            pass
+        elif changed is None or self.previous is None:
             index = self.quantize(rgb)
         else:
             index = self.previous.copy()

@@ -274,6 +274,21 @@ class HeatmapRenderer:
         """
         return None if self._fast is None else self._fast.changed
 
+    def indices(self, quantize: Any, previous: np.ndarray | None) -> np.ndarray | None:
+        """The last frame as palette indices, the same as ``quantize(frame)`` but composed, not mapped.
+
+        Args:
+            quantize: The :class:`~mlflow_weightviz.encoders.Quantizer` of the GIF's palette.
+            previous: The previous frame's indices (the same ``quantize``).
+
+        Returns:
+            The (H, W) uint8 indices, or ``None`` when only mapping the whole frame will do
+            (the first frame, a new colour scale, the reference path, no ``previous``).
+        """
+        if self._fast is None or previous is None:
+            return None
+        return self._fast.indices(quantize, previous)
+
     def _render_reference(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         if limits is not None and (self._norm.vmin, self._norm.vmax) != limits:
             self._image.set_clim(*limits)

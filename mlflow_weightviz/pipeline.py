@@ -348,7 +348,8 @@ def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: Heatmap
             rgb = renderer.render(values, titles[i], limits, copy=False)
             if encoder is None:
                 encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
-            block = encoder.encode(rgb, renderer.changed_boxes)
+            block = encoder.encode(rgb, renderer.changed_boxes,
+                                   index=renderer.indices(encoder.quantize, encoder.previous))
             yield Frame(i, step, titles[i], values, limits, block, encoder.previous, encoder.table)
     finally:
         del stack
