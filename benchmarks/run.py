@@ -839,6 +839,9 @@ def main() -> None:
     p.add_argument("--work", help="scratch folder (default: a new temporary folder)")
     p.add_argument("--keep-huge", action="store_true", help="keep the huge .npy for the next run")
     p.add_argument("--from-json", help="only rewrite the report from a previous run's .json")
+    p.add_argument("--only", help="run only these sections (comma-separated: paired, large, memory, workers, huge, "
+                   "floor_profile, downloads); writes their JSON (--out, default benchmarks/.work/ONLY.json) "
+                   "and prints the per-frame ratios, not the report")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
@@ -852,6 +855,26 @@ def main() -> None:
         return
     if not b.have_baseline:
         print(f"note: the original script is missing ({b.baseline}); its measurements are skipped", flush=True)
+    if args.only:
+        sections: dict[str, Callable[[], Any]] = {
+            "paired": b.paired, "large": b.large, "memory": b.memory, "workers": b.workers, "huge": b.huge,
+            "floor_profile": b.floor_and_profile, "downloads": b.downloads}
+        chosen = {name: sections[name] for name in args.only.split(",")}
+        only: dict[str, Any] = {name: run() for name, run in chosen.items()}
+        target = Path(args.out) if args.out else HERE / ".work" / "ONLY.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(only, indent=1, default=str), encoding="utf-8")
+        for row in only.get("paired", []):
+            runs = row["runs"]
+            orig = med(runs["original"], "ms_per_frame") if "original" in runs else float("nan")
+            floor = row["lzw_floor"]["lzw_full_ms"]
+            print(f"{row['grid'][0]}x{row['grid'][1]}: original {orig:.0f} ms/frame; LZW floor {floor:.1f} ms; "
+                  + "; ".join(f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x), steady "
+                              f"{med(r, 'steady_ms_per_frame'):.1f}" if "steady_ms_per_frame" in r[0] else
+                              f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x)"
+                              for k, r in runs.items() if k != "original"), flush=True)
+        b.say(f"wrote {target}")
+        return
     t0 = time.perf_counter()
     res: dict[str, Any] = {}
     res["paired"] = b.paired()
