@@ -102,7 +102,7 @@ def m_direct(a: dict[str, Any]) -> dict[str, Any]:
     """This project's renderer and encoder on the original's frame (1500x1000, 9 decimals), 1 or N processes."""
     import numpy as np
 
-    from mlflow_weightviz.encoders import GifEncoder
+    from mlflow_weightviz.encoders import FrameEncoder, GifEncoder, build_palette
     from mlflow_weightviz.frames import HeatmapRenderer
     from mlflow_weightviz.parallel import FramePool, LayerJob
 
@@ -116,10 +116,17 @@ def m_direct(a: dict[str, Any]) -> dict[str, Any]:
         if a["workers"] == 1:
             grid = kw.pop("grid")
             renderer = HeatmapRenderer(grid, **kw)
-            with GifEncoder(fh, frame_ms=200, palette_colors=renderer.palette_colors()) as gif:
+            # As pipeline.draw_layer does: frames after the first composed as palette indices.
+            with GifEncoder(fh, frame_ms=200) as gif:
                 first = None
+                encoder = None
                 for i in range(n):
-                    gif.add_frame(renderer.render(stack[i], titles[i], (0.0, 0.05)))
+                    rgb = renderer.render(stack[i], titles[i], (0.0, 0.05), copy=False)
+                    if encoder is None:
+                        encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
+                        gif.start(encoder.table, renderer.size)
+                    gif.add_block(encoder.encode(rgb, renderer.changed_boxes,
+                                                 index=renderer.indices(encoder.quantize, encoder.previous)))
                     if i == 0:
                         first = time.perf_counter()
             size = renderer.size
@@ -197,6 +204,31 @@ def m_floor(a: dict[str, Any]) -> dict[str, Any]:
     n = len(rgb)
     return {"quantize_ms": q / n * 1000, "diff_ms": d / n * 1000, "lzw_ms": e / n * 1000,
             "floor_ms": (q + d + e) / n * 1000, "frames": n, "size": list(renderer.size)}
+
+
+def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
+    """The physical limit of a frame: Pillow's LZW of the same frames as palette indices, one full frame each."""
+    from mlflow_weightviz.encoders import FrameEncoder, build_palette, encode_image
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+    stack = load_stack(a["data"], a["frames"])
+    n = stack.shape[0]
+    kw = renderer_kwargs(tuple(stack.shape[1:]), original=True)
+    renderer = HeatmapRenderer(kw.pop("grid"), **kw)
+    encoder = None
+    indices = []
+    for i in range(n):
+        rgb = renderer.render(stack[i], f"weights  ·  step {i}  ·  frame {i + 1}/{n}", (0.0, 0.05), copy=False)
+        if encoder is None:
+            encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
+        encoder.encode(rgb, renderer.changed_boxes, index=renderer.indices(encoder.quantize, encoder.previous))
+        assert encoder.previous is not None
+        indices.append(encoder.previous)
+    width, height = renderer.size
+    t0 = time.perf_counter()
+    for index in indices:
+        encode_image(index, (0, 0, width, height))
+    return {"lzw_full_ms": (time.perf_counter() - t0) / n * 1000, "frames": n, "size": [width, height]}
 
 
 def m_profile(a: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +401,7 @@ def m_downloads(a: dict[str, Any]) -> dict[str, Any]:
 
 MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "baseline": m_baseline, "direct": m_direct, "render_file": m_render_file, "floor": m_floor,
-    "profile": m_profile, "make_huge": m_make_huge, "downloads": m_downloads}
+    "lzw_floor": m_lzw_floor, "profile": m_profile, "make_huge": m_make_huge, "downloads": m_downloads}
 
 
 def child_main(spec: str) -> None:
@@ -458,9 +490,16 @@ class Bench:
                         "render_file", data=str(data), out_dir=str(self.work / f"rf{workers}"),
                         options={"fmt": ORIGINAL_FMT, "annotate": True, "cmap": "YlGn", "vmin": 0.0, "vmax": 0.05,
                                  "row_label": "embed_dim_", "col_label": "orig_dim_", "workers": workers}))
+                for workers in (1, 2):  # the original's look from the command line (--size 1500x1000 ...)
+                    runs.setdefault(f"cli look w{workers}", []).append(self.measure(
+                        "render_file", data=str(data), out_dir=str(self.work / f"cli{workers}"),
+                        options={"size": list(ORIGINAL_SIZE), "fmt": ORIGINAL_FMT, "annotate": True, "cmap": "YlGn",
+                                 "vmin": 0.0, "vmax": 0.05, "row_label": "embed_dim_", "col_label": "orig_dim_",
+                                 "workers": workers}))
             same_frames = self.measure("direct", data=str(same), workers=1, out=str(self.work / "same.gif"))
+            floor = self.measure("lzw_floor", data=str(data), frames=min(ours_frames, 60))
             rows_out.append({"grid": grid, "runs": runs, "same_frames": same_frames, "base_frames": base_frames,
-                             "ours_frames": ours_frames})
+                             "ours_frames": ours_frames, "lzw_floor": floor})
         return rows_out
 
     def large(self) -> list[dict[str, Any]]:
@@ -594,6 +633,30 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
             ratio = orig / ms if orig else None
             cells += [fmt_ms(ms), f"**{ratio:.1f}×**" if ratio else "–"]
             heads.append((g, key, ratio))
+        add("| " + " | ".join(cells) + " |")
+    add("")
+    add("The floor: Pillow's LZW of the same frames given as palette indices, one full frame each (the "
+        "encoder's limit), against this project's steady ms/frame in one process; and the original's look from "
+        "the command line (`render-file --size 1500x1000 --fmt '{x:.9f}' --cmap YlGn --vmin 0 --vmax 0.05 "
+        "--row-label embed_dim_ --col-label orig_dim_`, 9 pt values).")
+    add("")
+    add("| matrix | LZW floor ms/frame | steady ms/frame, 1 process | × floor | command line, 1 process | ratio | "
+        "2 workers | ratio |")
+    add("|---|---|---|---|---|---|---|---|")
+    for row in res["paired"]:
+        g = f"{row['grid'][0]}×{row['grid'][1]}"
+        runs = row["runs"]
+        floor_ms = row["lzw_floor"]["lzw_full_ms"] if "lzw_floor" in row else None
+        steady = med(runs["ours w1"], "steady_ms_per_frame")
+        orig = med(runs["original"], "ms_per_frame") if "original" in runs else None
+        cells = [g, fmt_ms(floor_ms) if floor_ms else "–", fmt_ms(steady),
+                 f"**{steady / floor_ms:.2f}×**" if floor_ms else "–"]
+        for key in ("cli look w1", "cli look w2"):
+            if key in runs:
+                ms = med(runs[key], "ms_per_frame")
+                cells += [fmt_ms(ms), f"**{orig / ms:.1f}×**" if orig else "–"]
+            else:
+                cells += ["–", "–"]
         add("| " + " | ".join(cells) + " |")
     add("")
     add("ms/frame is the whole job divided by its frames: for the original, drawing every frame and saving "
@@ -776,6 +839,9 @@ def main() -> None:
     p.add_argument("--work", help="scratch folder (default: a new temporary folder)")
     p.add_argument("--keep-huge", action="store_true", help="keep the huge .npy for the next run")
     p.add_argument("--from-json", help="only rewrite the report from a previous run's .json")
+    p.add_argument("--only", help="run only these sections (comma-separated: paired, large, memory, workers, huge, "
+                   "floor_profile, downloads); writes their JSON (--out, default benchmarks/.work/ONLY.json) "
+                   "and prints the per-frame ratios, not the report")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
@@ -789,6 +855,26 @@ def main() -> None:
         return
     if not b.have_baseline:
         print(f"note: the original script is missing ({b.baseline}); its measurements are skipped", flush=True)
+    if args.only:
+        sections: dict[str, Callable[[], Any]] = {
+            "paired": b.paired, "large": b.large, "memory": b.memory, "workers": b.workers, "huge": b.huge,
+            "floor_profile": b.floor_and_profile, "downloads": b.downloads}
+        chosen = {name: sections[name] for name in args.only.split(",")}
+        only: dict[str, Any] = {name: run() for name, run in chosen.items()}
+        target = Path(args.out) if args.out else HERE / ".work" / "ONLY.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(only, indent=1, default=str), encoding="utf-8")
+        for row in only.get("paired", []):
+            runs = row["runs"]
+            orig = med(runs["original"], "ms_per_frame") if "original" in runs else float("nan")
+            floor = row["lzw_floor"]["lzw_full_ms"]
+            print(f"{row['grid'][0]}x{row['grid'][1]}: original {orig:.0f} ms/frame; LZW floor {floor:.1f} ms; "
+                  + "; ".join(f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x), steady "
+                              f"{med(r, 'steady_ms_per_frame'):.1f}" if "steady_ms_per_frame" in r[0] else
+                              f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x)"
+                              for k, r in runs.items() if k != "original"), flush=True)
+        b.say(f"wrote {target}")
+        return
     t0 = time.perf_counter()
     res: dict[str, Any] = {}
     res["paired"] = b.paired()

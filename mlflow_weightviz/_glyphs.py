@@ -154,6 +154,14 @@ class Composer:
         self.mixed_at = (at[~fixed] * 3)[:, None] + np.arange(3)
         self.mixed_cell = (row_of[my] * cols + col_of[mx])[~fixed]
         self.mixed_base = base[~fixed].astype(np.uint16)
+        # For frames composed as palette indices: each grid pixel's blend as one of a few patterns.
+        self.fixed_px = at[fixed]
+        self.mixed_px = at[~fixed]
+        patterns, inverse = np.unique(np.hstack([base[~fixed], span[~fixed]]).astype(np.int16).reshape(-1, 6),
+                                      axis=0, return_inverse=True)
+        self.pattern_base = patterns[:, :3].astype(np.int32)
+        self.pattern_span = patterns[:, 3:].astype(np.int32)
+        self.mixed_pattern = inverse.reshape(-1).astype(np.intp)
         self.mixed_span = span[~fixed].astype(np.uint16)
         self.row_edges = np.concatenate([[0], np.cumsum(self.row_counts)]) + self.y0
 
@@ -164,6 +172,12 @@ class Composer:
         #: Boxes ``(y0, y1, x0, x1)`` outside which the last frame equals the one before; None: anywhere.
         self.changed: list[tuple[int, int, int, int]] | None = None
         self.started = False
+        self.colours = np.zeros((rows, cols, 3), np.uint8)  # the last frame's cell colours
+        #: The last frame's value-text passes: pixels and their packed colours, in drawing order.
+        self.glyph_passes: list[tuple[np.ndarray, np.ndarray]] = []
+        self.index_quantizer: Any = None
+        self.fixed_index = np.zeros(0, np.uint8)
+        self.pattern_columns: dict[int, np.ndarray] = {}
 
         # Title: its glyphs composed like the values' (matplotlib's layout and FreeType engine),
         # into its own band restored to the background first.
@@ -181,6 +195,8 @@ class Composer:
         self.title_gids: dict[str, int] = {}
         r._title.set_text("\n".join(["Mg"] * r._title_lines))
         self.title_rows = (0, 0)
+        self.title_box = (0, 0, 0, 0)  # the part of the title band the last frame drew again
+        self.title_placed: list[tuple[int, int, np.ndarray, tuple[int, int, int]]] | None = None
         self._title_band(r)
 
         # Colorbar: redrawn by matplotlib when a frame brings a new colour scale.
@@ -290,18 +306,23 @@ class Composer:
         normed = r._norm(masked)
         colours = r._cmap(normed, bytes=True)[..., :3]
 
-        changed = [(self.title_rows[0], self.title_rows[1], 0, self.width), (self.y0, self.y1, self.x0, self.x1)]
+        changed = [(self.y0, self.y1, self.x0, self.x1)]
         if self.text_box is not None:  # texts drawn outside the cells last frame
             y0, y1, x0, x1 = self.text_box
             frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
             changed.append(self.text_box)
             self.text_box = None
         self._fill(colours)
+        self.colours = colours
+        self.glyph_passes = []
 
         if r._probe is not None:
             dark = r._text_dark(normed)
             self._draw_texts(values.ravel().tolist(), dark)
+        if full:  # the whole band is drawn again
+            self.title_placed = None
         self._draw_title(title)
+        changed.append(self.title_box)
         changed.extend(self._texts_outside())
         self.changed = None if full else changed
         self.started = True
@@ -319,6 +340,66 @@ class Composer:
         under = colours.reshape(-1, 3).astype(np.uint16)[self.mixed_cell]
         mix = self.mixed_span * under + 128
         flat[self.mixed_at] = (self.mixed_base + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
+
+    def indices(self, quantize: Any, previous: np.ndarray) -> np.ndarray | None:
+        """The last frame as palette indices, equal to ``quantize(frame)``, composed without mapping every pixel.
+
+        The cells' region is composed from what is known about it: each cell's colour is
+        mapped once, grid pixels are one of a few blend patterns over the cell colour (a
+        table per cell colour), and only the pixels the value texts were drawn on are mapped
+        from their RGB. The other changed boxes (title band, texts reaching outside the
+        cells) are mapped from the RGB frame. ``None`` when the frame may differ anywhere
+        (the caller maps it whole).
+
+        Args:
+            quantize: The encoder's :class:`~mlflow_weightviz.encoders.Quantizer`.
+            previous: The previous frame's indices, which this frame equals outside :attr:`changed`.
+        """
+        if self.changed is None:
+            return None
+        if quantize is not self.index_quantizer:  # tables of another palette
+            self.index_quantizer = quantize
+            self.fixed_index = np.asarray(quantize(self.fixed_value.reshape(-1, 3)), np.uint8)
+            self.pattern_columns = {}
+        index = previous.copy()
+        flat = index.reshape(-1)
+        rows, cols = self.r.grid
+        colours = self.colours.reshape(-1, 3)
+        cell_index = np.asarray(quantize(colours), np.uint8).reshape(rows, cols)
+        band = np.repeat(cell_index, self.col_counts, axis=1)
+        edges = self.row_edges.tolist()
+        for i in range(len(edges) - 1):
+            index[edges[i]:edges[i + 1], self.x0:self.x1] = band[i]
+        flat[self.fixed_px] = self.fixed_index
+        if self.mixed_px.size:
+            keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
+            distinct, which = np.unique(keys, return_inverse=True)
+            table = np.stack([self._pattern_column(int(k), quantize) for k in distinct.tolist()], axis=1)
+            flat[self.mixed_px] = table[self.mixed_pattern, which.reshape(-1)[self.mixed_cell]]
+        # Text pixels: each pass's blended colours, in order (a pixel drawn twice keeps its last colour).
+        # Pixels outside the cells (under the colorbar included) are mapped from the RGB frame below.
+        for at, key in self.glyph_passes:
+            flat[at] = quantize.lookup(key)
+        region = (self.y0, self.y1, self.x0, self.x1)
+        for box in self.changed:
+            if box == region:
+                continue
+            for y0, y1, x0, x1 in _outside(box, region):
+                index[y0:y1, x0:x1] = quantize(np.ascontiguousarray(self.frame[y0:y1, x0:x1]))
+        return index
+
+    def _pattern_column(self, key: int, quantize: Any) -> np.ndarray:
+        """Indices of every grid blend pattern over one cell colour (packed 0xRRGGBB)."""
+        column = self.pattern_columns.get(key)
+        if column is None:
+            under = np.array([(key >> 16) & 255, (key >> 8) & 255, key & 255], np.int32)
+            mix = self.pattern_span * under + 128
+            rgb = (self.pattern_base + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
+            column = np.asarray(quantize(rgb), np.uint8)
+            if len(self.pattern_columns) > 4096:
+                self.pattern_columns.clear()
+            self.pattern_columns[key] = column
+        return column
 
     def _texts_outside(self) -> list[tuple[int, int, int, int]]:
         """The box of this frame's texts when they reach outside the cells, set by :meth:`_draw_texts`."""
@@ -342,7 +423,9 @@ class Composer:
         r = self.r
         t0, t1 = self.title_rows
         lines = self._title_layout(title)
+        self.title_box = (t0, t1, 0, self.width)
         if lines is None:  # a title whose layout is not shared: matplotlib draws it
+            self.title_placed = None
             self.agg[t0:t1, :, :3] = self.static[t0:t1]
             self.agg[t0:t1, :, 3] = 255
             r._title.set_text(title)
@@ -351,10 +434,9 @@ class Composer:
             return
         # The same glyphs matplotlib would draw, at the same 1/64 px positions, onto the band's background.
         frame = self.frame
-        frame[t0:t1] = self.static[t0:t1]
         height = float(self.height)
         posx, posy = self.title_anchor
-        colour = self.title_rgb
+        placed: list[tuple[int, int, np.ndarray, tuple[int, int, int]]] = []
         for (x_off, y_off, dx, gids), line in zip(lines, title.split("\n"), strict=True):
             x = x_off + posx
             oy = round(0x40 * (height - (height - (y_off + posy))))
@@ -370,10 +452,32 @@ class Composer:
                 h, w = buf.shape
                 if gy < 0 or gx < 0 or gy + h > self.height or gx + w > self.width:
                     continue
-                patch = frame[gy:gy + h, gx:gx + w].astype(np.uint16)
-                a = buf[:, :, None]
-                mix = patch * (255 - a) + colour * a + 128
-                frame[gy:gy + h, gx:gx + w] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
+                placed.append((gy, gx, buf, (gid, ox & 63, oy & 63)))
+        # Titles that differ only in a few digits: only the columns of the glyphs that changed are
+        # restored and every glyph reaching into them blended again, in order, clipped to them.
+        xa, xb = 0, self.width
+        before = self.title_placed
+        if before is not None and len(before) == len(placed) and all(
+                (p[0], p[1]) == (q[0], q[1]) for p, q in zip(before, placed, strict=True)):
+            spans = [(min(p[1], q[1]), max(p[1] + p[2].shape[1], q[1] + q[2].shape[1]))
+                     for p, q in zip(before, placed, strict=True) if p[3] != q[3]]
+            xa, xb = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, 0)
+        self.title_placed = placed
+        self.title_box = (t0, t1, xa, xb)
+        if xb <= xa:
+            return
+        frame = self.frame
+        frame[t0:t1, xa:xb] = self.static[t0:t1, xa:xb]
+        colour = self.title_rgb
+        for gy, gx, buf, _ in placed:
+            h, w = buf.shape
+            c0, c1 = max(gx, xa), min(gx + w, xb)
+            if c1 <= c0:
+                continue
+            patch = frame[gy:gy + h, c0:c1].astype(np.uint16)
+            a = buf[:, c0 - gx:c1 - gx, None]
+            mix = patch * (255 - a) + colour * a + 128
+            frame[gy:gy + h, c0:c1] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
 
     def _title_layout(self, title: str) -> list[tuple[float, float, np.ndarray, list[int]]] | None:
         """Per line: anchor offsets, pen positions and glyphs, shared by titles that differ only in digits."""
@@ -583,7 +687,13 @@ class Composer:
             where = at3[start:end]
             a = cover[start:end]
             mix = flat[where] * (255 - a) + colour[start:end] * a + 128
-            flat[where] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
+            blended = (mix + (mix >> 8)) >> 8
+            flat[where] = blended.astype(np.uint8)
+            # The pass's colours, packed, for the index frame (a later pass overwrites an earlier one).
+            key = blended[:, 0].astype(np.uint32) << 16
+            key |= blended[:, 1].astype(np.uint32) << 8
+            key |= blended[:, 2]
+            self.glyph_passes.append((at[start:end], key))
             start = end
         if self.text_box is not None and self.cax_box is not None:  # the colorbar is drawn over the texts
             y0, y1, x0, x1 = self.cax_box
@@ -632,6 +742,17 @@ class Composer:
                 gids.append(lay.gids[0])
             self._luts = (np.array(fonts, np.int64), np.array(gids, np.int64))
         return self._luts
+
+
+def _outside(box: tuple[int, int, int, int], hole: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """``box`` minus ``hole`` (both ``(y0, y1, x0, x1)``) as up to four boxes."""
+    y0, y1, x0, x1 = box
+    h0, h1, g0, g1 = hole
+    if h0 >= y1 or h1 <= y0 or g0 >= x1 or g1 <= x0:
+        return [box] if y1 > y0 and x1 > x0 else []
+    parts = [(y0, max(y0, h0), x0, x1), (min(y1, h1), y1, x0, x1),
+             (max(y0, h0), min(y1, h1), x0, max(x0, g0)), (max(y0, h0), min(y1, h1), min(x1, g1), x1)]
+    return [p for p in parts if p[1] > p[0] and p[3] > p[2]]
 
 
 class _CodedView:

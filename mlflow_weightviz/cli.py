@@ -83,6 +83,8 @@ def _render_option_params(
     max_frames: Annotated[Optional[int], typer.Option(
         help="Sample this many frames evenly (first and last always kept).")] = None,
     dpi: Annotated[int, typer.Option(help="Figure resolution.")] = 100,
+    size: Annotated[Optional[str], typer.Option(
+        help="Frame size in pixels, WIDTHxHEIGHT (e.g. 1500x1000); by default sized from the grid.")] = None,
     view: Annotated[View, typer.Option(help="Draw the weights, or their change since the start / last frame.")]
     = View.WEIGHTS,
     allow_pickle: AllowPickle = False,
@@ -109,7 +111,7 @@ def _render_option_params(
         layers=tuple(layer or ()), scale=scale, vmin=vmin, vmax=vmax, cmap=cmap, annotate=annotate, fmt=fmt,
         max_rows=max_rows, max_cols=max_cols, pool=pool, rows=rows, cols=cols, row_label=row_label,
         col_label=col_label, frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
-        max_frames=max_frames, dpi=dpi, view=view,
+        max_frames=max_frames, dpi=dpi, size=size, view=view,
         formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid, metrics=metrics,
         step_images=step_images_every if step_images_every is not None else (1 if step_images else None))
 

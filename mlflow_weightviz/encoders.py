@@ -102,6 +102,10 @@ class Quantizer:
         key = rgb[..., 0].astype(np.uint32) << 16
         key |= rgb[..., 1].astype(np.uint32) << 8
         key |= rgb[..., 2]
+        return self.lookup(key)
+
+    def lookup(self, key: np.ndarray) -> np.ndarray:
+        """The palette indices of colours packed as ``0xRRGGBB`` (uint32), like :meth:`__call__` of the colours."""
         index = self._lut[key]
         unknown = index == TRANSPARENT
         if unknown.any():
@@ -115,20 +119,24 @@ class Quantizer:
         return np.asarray(index)
 
 
-def changed_box(previous: np.ndarray | None, index: np.ndarray) -> tuple[int, int, int, int] | None:
+def changed_box(previous: np.ndarray | None, index: np.ndarray,
+                within: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int] | None:
     """The rectangle ``(left, top, right, bottom)`` where ``index`` differs from ``previous``.
 
     The whole frame when there is no previous frame; ``None`` when nothing changed.
+    ``within`` ``(y0, y1, x0, x1)``: a box outside which the two are known to be equal
+    (only it is compared; the answer is the same).
     """
     if previous is None:
         return (0, 0, index.shape[1], index.shape[0])
-    changed = index != previous
+    y0, y1, x0, x1 = (0, index.shape[0], 0, index.shape[1]) if within is None else within
+    changed = index[y0:y1, x0:x1] != previous[y0:y1, x0:x1]
     rows = np.flatnonzero(changed.any(axis=1))
     if rows.size == 0:
         return None
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero(changed[top:bottom].any(axis=0))
-    return (int(cols[0]), top, int(cols[-1]) + 1, bottom)
+    return (int(cols[0]) + x0, top + y0, int(cols[-1]) + 1 + x0, bottom + y0)
 
 
 def encode_image(index: np.ndarray, box: tuple[int, int, int, int], previous: np.ndarray | None = None) -> bytes:
@@ -145,7 +153,8 @@ def encode_image(index: np.ndarray, box: tuple[int, int, int, int], previous: np
     left, top, right, bottom = box
     part = index[top:bottom, left:right]
     if previous is not None:
-        part = np.where(part == previous[top:bottom, left:right], np.uint8(TRANSPARENT), part)
+        part = part.copy()
+        np.putmask(part, part == previous[top:bottom, left:right], np.uint8(TRANSPARENT))
     crop = Image.fromarray(np.ascontiguousarray(part))
     return b"".join(GifImagePlugin.getdata(crop, offset=(left, top)))
 
@@ -166,7 +175,8 @@ class FrameEncoder:
         """Make ``rgb`` the previous frame without encoding it (a worker starting mid-layer)."""
         self.previous = self.quantize(rgb)
 
-    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None) -> bytes | None:
+    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None, *,
+               index: np.ndarray | None = None) -> bytes | None:
         """The image block of one frame, or ``None`` when it equals the previous frame.
 
         Args:
@@ -174,15 +184,26 @@ class FrameEncoder:
             changed: Boxes ``(y0, y1, x0, x1)`` outside which ``rgb`` equals the previous
                 frame (see :attr:`HeatmapRenderer.changed_boxes`): only they are mapped to
                 the palette. The mapping is per pixel, so the result is the same.
+            index: ``rgb`` already as this palette's indices (see
+                :meth:`HeatmapRenderer.indices`, composed without mapping each pixel); then
+                ``rgb`` is not read.
         """
-        if changed is None or self.previous is None:
+        within = None
+        if changed is not None and self.previous is not None:
+            # The new indices equal the previous frame's outside the changed boxes: diff only their span.
+            boxes = [b for b in changed if b[1] > b[0] and b[3] > b[2]]
+            within = ((min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes),
+                       max(b[3] for b in boxes)) if boxes else (0, 0, 0, 0))
+        if index is not None:
+            pass
+        elif changed is None or self.previous is None:
             index = self.quantize(rgb)
         else:
             index = self.previous.copy()
             for y0, y1, x0, x1 in changed:
                 if y1 > y0 and x1 > x0:
                     index[y0:y1, x0:x1] = self.quantize(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-        box = changed_box(self.previous, index)
+        box = changed_box(self.previous, index, within)
         block = None if box is None else encode_image(index, box, self.previous)
         self.previous = index
         return block

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.grid import format_value  # the one place values become text; re-exported
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ _TITLE_PT = 11.0
 _CHAR_EM = 0.62  # average width of a digit or letter in DejaVu Sans, in ems
 _DIGIT_EM = 0.64  # the widest digits of DejaVu Sans, in ems (tick labels are mostly digits)
 _LINE_EM = 1.2  # height of a line of text (ascent + descent), in ems
+_MIN_SIZED_CELL = 2  # the smallest cell, in pixels, a frame of a given size may have
 _MAX_ANNOTATED_PX = 1600  # auto-annotation only while the grid stays this small
 _DARK_TEXT = "#262626"
 _LIGHT_TEXT = "#ffffff"
@@ -96,6 +98,9 @@ class HeatmapRenderer:
         size: Frame size in pixels ``(width, height)``; the grid's square cells are then
             made as large as fit. ``None`` sizes the frame from the grid (pixels per cell).
         fontsize: Size in points of the values and tick labels (default 9).
+
+    Raises:
+        UsageError: ``size`` leaves less than 2 pixels per cell beside the margins.
         reference: Draw every frame with matplotlib alone (slow; the fast composition is
             checked against it). The renderer also does so, and sets ``reference``, when
             the composer does not apply: a matplotlib version outside ``_glyphs.SUPPORTED``.
@@ -166,6 +171,12 @@ class HeatmapRenderer:
             for _ in range(2):  # the margins depend a little on the cell size
                 cell = max(1, math.floor(min((width - left - right) / cols, (height - top - bottom) / rows)))
                 left, top, row_step, col_step = margins(cell)
+            if min((width - left - right) / cols, (height - top - bottom) / rows) < _MIN_SIZED_CELL:
+                need = (math.ceil(left + right + cols * _MIN_SIZED_CELL),
+                        math.ceil(top + bottom + rows * _MIN_SIZED_CELL))
+                msg = (f"size {width}x{height} is too small for a {rows}x{cols} grid with its labels and colorbar: "
+                       f"it needs at least {max(width, need[0])}x{max(height, need[1])} pixels")
+                raise UsageError(msg)
             if annotate is None:
                 self.annotated = cell >= cell_size(grid, text_chars=text_chars, annotate=True, dpi=dpi,
                                                    font_pt=font_pt)[0]
@@ -262,6 +273,21 @@ class HeatmapRenderer:
         reference path). Encoders use it to map only those pixels to the palette.
         """
         return None if self._fast is None else self._fast.changed
+
+    def indices(self, quantize: Any, previous: np.ndarray | None) -> np.ndarray | None:
+        """The last frame as palette indices, the same as ``quantize(frame)`` but composed, not mapped.
+
+        Args:
+            quantize: The :class:`~mlflow_weightviz.encoders.Quantizer` of the GIF's palette.
+            previous: The previous frame's indices (the same ``quantize``).
+
+        Returns:
+            The (H, W) uint8 indices, or ``None`` when only mapping the whole frame will do
+            (the first frame, a new colour scale, the reference path, no ``previous``).
+        """
+        if self._fast is None or previous is None:
+            return None
+        return self._fast.indices(quantize, previous)
 
     def _render_reference(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         if limits is not None and (self._norm.vmin, self._norm.vmax) != limits:

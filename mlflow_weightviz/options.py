@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import warnings
 from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 from mlflow_weightviz.errors import UsageError
 
-__all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MAX_DPI", "MAX_FRAME_MS", "MAX_GRID", "MIN_DPI",
-           "MIN_FRAME_MS", "Format", "GifOptions", "LookOptions", "OutputOptions", "Pool", "RenderOptions", "Scale",
-           "View", "WeightvizWarning", "span"]
+__all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MAX_DPI", "MAX_FRAME_MS", "MAX_GRID", "MAX_SIZE", "MIN_DPI",
+           "MIN_FRAME_MS", "MIN_SIZE", "Format", "GifOptions", "LookOptions", "OutputOptions", "Pool", "RenderOptions",
+           "Scale", "View", "WeightvizWarning", "frame_size", "span"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
@@ -22,6 +23,9 @@ MAX_FRAME_MS = 655_350
 MIN_DPI = 20
 #: Above this a frame of a full grid runs into hundreds of megapixels.
 MAX_DPI = 600
+#: Smallest and largest side of a frame given as ``size``, in pixels.
+MIN_SIZE = 32
+MAX_SIZE = 16384
 #: The most rows or columns of cells a frame can have (``max_rows``, ``max_cols``).
 MAX_GRID = 512
 
@@ -95,6 +99,9 @@ class LookOptions:
         row_label: Prefix of the row tick labels.
         col_label: Prefix of the column tick labels.
         dpi: Resolution of the drawn figure.
+        size: Frame size in pixels, ``(width, height)`` or ``"WIDTHxHEIGHT"``; the figure is
+            ``size / dpi`` inches and the square cells are made as large as fit. ``None``
+            sizes the frame from the grid.
         view: Show the weights, or their change since the start or since the last frame.
         rows: Draw only rows ``start:stop`` of each layer's matrix (a ``(start, stop)``
             pair, a ``slice`` or ``"start:stop"``); tick labels keep the matrix's indices.
@@ -113,6 +120,7 @@ class LookOptions:
     row_label: str = ""
     col_label: str = ""
     dpi: int = 100
+    size: tuple[int, int] | None = None
     view: View = View.WEIGHTS
     rows: tuple[int, int] | None = None
     cols: tuple[int, int] | None = None
@@ -124,6 +132,7 @@ class LookOptions:
         set_(self, "rows", span(self.rows, "rows"))
         set_(self, "cols", span(self.cols, "cols"))
         set_(self, "view", _enum(View, self.view, "view"))
+        set_(self, "size", frame_size(self.size))
         for name in ("vmin", "vmax"):
             value = getattr(self, name)
             if value is not None and not _finite(value):
@@ -297,6 +306,10 @@ class RenderOptions:
             given = {k: v for k, v in flat.items() if _KEYWORDS[k] == group}
             base = groups[group]
             groups[group] = kind(**given) if base is None else replace(base, **given) if given else base
+        size = groups["look"].size
+        if size is not None and Format.MP4 in groups["outputs"].formats and (size[0] % 2 or size[1] % 2):
+            msg = f"an MP4 (H.264) needs even frame sides; got size {size[0]}x{size[1]}"
+            raise UsageError(msg)
         if max_frames is not None and max_frames < 2:
             msg = f"max_frames must be at least 2 (the first and last frame); got {max_frames}"
             raise UsageError(msg)
@@ -334,12 +347,39 @@ class RenderOptions:
             out[name] = value.value if isinstance(value, enum.Enum) else value
         out["layers"] = list(self.layers)
         out["formats"] = [f.value for f in self.outputs.formats]
-        for name in ("rows", "cols"):  # only when set: other renders keep their fingerprint
+        for name in ("rows", "cols", "size"):  # only when set: other renders keep their fingerprint
             if getattr(self.look, name) is not None:
                 out[name] = list(getattr(self.look, name))
         if not self.outputs.metrics:  # only when off: renders from before metrics keep their fingerprint
             out["metrics"] = False
         return out
+
+
+def frame_size(value: Any) -> tuple[int, int] | None:
+    """A frame size as ``(width, height)`` pixels: from a pair or ``"WIDTHxHEIGHT"``; ``None`` stays ``None``.
+
+    Raises:
+        UsageError: Not two whole numbers from :data:`MIN_SIZE` to :data:`MAX_SIZE`.
+    """
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            parts = value.lower().replace("×", "x").split("x")
+            if len(parts) != 2:
+                raise ValueError
+            width, height = (int(p.strip()) for p in parts)
+        else:
+            if isinstance(value, bool | float) or any(isinstance(v, bool | float) for v in value):
+                raise ValueError
+            width, height = (operator.index(v) for v in value)
+    except (TypeError, ValueError):
+        msg = f"size must be WIDTHxHEIGHT in pixels, such as 1500x1000; got {value!r}"
+        raise UsageError(msg) from None
+    if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
+        msg = f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels a side; got {width}x{height}"
+        raise UsageError(msg)
+    return (width, height)
 
 
 def span(value: Any, name: str) -> tuple[int, int] | None:

@@ -164,7 +164,8 @@ def _run_task(task: _Task) -> _Result:
     indices: list[np.ndarray] | None = [] if task.indices else None
     for i in range(task.start, task.stop):
         rgb = state.draw(i, task.titles[i - offset], task.limits[i - offset])
-        blocks.append(encoder.encode(rgb, state.renderer.changed_boxes))
+        blocks.append(encoder.encode(rgb, state.renderer.changed_boxes,
+                                     index=state.renderer.indices(encoder.quantize, encoder.previous)))
         if indices is not None:
             assert encoder.previous is not None
             indices.append(encoder.previous)

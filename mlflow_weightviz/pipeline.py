@@ -483,7 +483,8 @@ def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: Heatmap
             rgb = renderer.render(values, titles[i], limits, copy=False)
             if encoder is None:
                 encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
-            block = encoder.encode(rgb, renderer.changed_boxes)
+            block = encoder.encode(rgb, renderer.changed_boxes,
+                                   index=renderer.indices(encoder.quantize, encoder.previous))
             yield Frame(i, step, titles[i], values, limits, block, encoder.previous, encoder.table)
     finally:
         del stack
@@ -781,7 +782,7 @@ def _renderer_kwargs(prepared: PreparedLayer, options: RenderOptions, caption: C
             "fmt": prepared.fmt, "annotate": options.look.annotate,
             "row_labels": [f"{options.look.row_label}{info.row_index(i)}" for i in range(rows)],
             "col_labels": [f"{options.look.col_label}{info.col_index(j)}" for j in range(cols)],
-            "title_sample": sample, "dpi": options.look.dpi}
+            "title_sample": sample, "dpi": options.look.dpi, "size": options.look.size}
 
 
 def _title(prepared: PreparedLayer, options: RenderOptions, index: int, step: int,

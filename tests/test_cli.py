@@ -240,3 +240,35 @@ def test_a_format_pattern_that_fails_on_a_number_is_a_usage_error(tmp_path: Path
     for fmt in ("{x[0]}", "{x.foo}"):
         cli = run_cli("render-file", "w.npy", "--fmt", fmt, cwd=tmp_path)
         assert_one_line_error(cli, 2, "fmt must be a format pattern")
+
+
+@pytest.mark.parametrize(("size", "fragment"), [
+    ("1500", "size must be WIDTHxHEIGHT in pixels, such as 1500x1000; got '1500'"),
+    ("0x100", "size must be from 32 to 16384 pixels a side; got 0x100"),
+    ("-5x100", "size must be from 32 to 16384 pixels a side; got -5x100"),
+    ("20000x100", "size must be from 32 to 16384 pixels a side; got 20000x100"),
+    ("axb", "size must be WIDTHxHEIGHT in pixels"),
+    ("40x40", "size 40x40 is too small for a 4x6 grid"),
+])
+def test_size_out_of_range_is_a_usage_error(tmp_path: Path, size: str, fragment: str) -> None:
+    np.save(tmp_path / "w.npy", np.stack(training_series(2)))
+    cli = run_cli("render-file", "w.npy", "--size", size, "--out", "w.gif", cwd=tmp_path)
+    assert_one_line_error(cli, 2, fragment)
+    assert not (tmp_path / "w.gif").exists()
+
+
+def test_size_gives_the_original_look_from_the_command_line(tmp_path: Path) -> None:
+    """The original script's frame: 1500x1000 px, 9 decimals, YlGn 0-0.05, its labels."""
+    np.save(tmp_path / "w.npy", np.stack([np.abs(f) * 0.01 for f in training_series(3, (8, 12))]))
+    cli = run_cli("render-file", "w.npy", "--size", "1500x1000", "--fmt", "{x:.9f}", "--cmap", "YlGn",
+                  "--vmin", "0", "--vmax", "0.05", "--row-label", "embed_dim_", "--col-label", "orig_dim_",
+                  "--out", "w.gif", cwd=tmp_path)
+    assert cli.code == 0, cli.stderr
+    gif = read_gif(tmp_path / "w.gif")
+    assert gif.size == (1500, 1000)
+    assert gif.n_frames == 3
+    odd = run_cli("render-file", "w.npy", "--size", "301x200", "--out", "odd.gif", cwd=tmp_path)
+    assert odd.code == 0, odd.stderr
+    assert read_gif(tmp_path / "odd.gif").size == (301, 200)
+    mp4 = run_cli("render-file", "w.npy", "--size", "301x200", "--format", "mp4", "--output-dir", "v", cwd=tmp_path)
+    assert_one_line_error(mp4, 2, "an MP4 (H.264) needs even frame sides; got size 301x200")

@@ -123,3 +123,15 @@ def test_changed_boxes_give_the_same_bytes(tmp_path: Path) -> None:
             a.add_frame(f)
             b.add_frame(f, None if t == 0 else [boxes[t]])
     assert plain.getvalue() == hinted.getvalue()
+
+
+def test_changed_box_within_a_known_box_is_the_same_box() -> None:
+    rng = np.random.default_rng(4)
+    before = rng.integers(0, 255, (60, 80), dtype=np.uint8)
+    after = before.copy()
+    after[12:30, 7:41] = rng.integers(0, 255, (18, 34), dtype=np.uint8)
+    whole = changed_box(before, after)
+    assert whole is not None
+    assert changed_box(before, after, (10, 35, 5, 50)) == whole
+    assert changed_box(before, after, (0, 0, 0, 0)) is None  # told nothing changed anywhere
+    assert changed_box(before, before, (10, 35, 5, 50)) is None

@@ -171,3 +171,100 @@ def test_changed_boxes_hold_every_changed_pixel(grid: tuple[int, int], kwargs: d
         before = after
     r.render(rng.uniform(0, 0.05, grid), "new scale", (0.0, 0.1))
     assert r.changed_boxes is None  # the colorbar was redrawn
+
+
+def _indices_match_the_exact_mapping(r: HeatmapRenderer, frames: list[tuple[np.ndarray, str]],
+                                     limits: list[tuple[float, float] | None] | None = None) -> int:
+    """Render ``frames``; every composed index frame equals the exact mapping of the RGB frame, and the GIF
+    blocks are the same bytes either way. Returns how many frames were composed."""
+    from mlflow_weightviz.encoders import FrameEncoder, build_palette
+
+    mapped = composed = None
+    count = 0
+    for k, (values, title) in enumerate(frames):
+        rgb = r.render(values, title, None if limits is None else limits[k], copy=False)
+        if mapped is None or composed is None:
+            table = build_palette(rgb, r.palette_colors())
+            mapped, composed = FrameEncoder(table), FrameEncoder(table)
+        index = r.indices(composed.quantize, composed.previous)
+        if index is not None:
+            exact = mapped.quantize(rgb)
+            assert np.array_equal(index, exact), (k, int((index != exact).sum()))
+            count += 1
+        assert composed.encode(rgb, r.changed_boxes, index=index) == mapped.encode(rgb, r.changed_boxes)
+        assert np.array_equal(composed.previous, mapped.previous)  # type: ignore[arg-type]
+    return count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid", [(8, 12), (16, 16)])
+def test_composed_indices_equal_the_exact_mapping_on_the_benchmark_frames(
+        grid: tuple[int, int], pair: list[HeatmapRenderer]) -> None:
+    """The original's look (1500x1000 px, 9 decimals, YlGn 0-0.05): texts overflow their cells at 16x16."""
+    r = make(grid, size=(1500, 1000), fontsize=10)
+    pair.append(r)
+    rng = np.random.default_rng(11)
+    w = np.clip(np.abs(rng.normal(0.025, 0.01, grid)), 0, 0.05)
+    frames = []
+    for t in range(6):
+        frames.append((w.copy(), f"weights  ·  step {t}  ·  frame {t + 1}/6"))
+        w = np.clip(w + rng.normal(0, 0.004, grid), 0, 0.06)  # a few cells above vmax
+    frames[3][0][0, 0] = np.nan
+    assert _indices_match_the_exact_mapping(r, frames) == 5
+    assert_composed(r)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_composed_indices_equal_the_exact_mapping_on_random_small_cases(
+        seed: int, pair: list[HeatmapRenderer]) -> None:
+    rng = np.random.default_rng(100 + seed)
+    grid = (int(rng.integers(1, 9)), int(rng.integers(1, 11)))
+    cmap = ["YlGn", "RdBu_r", "viridis"][seed % 3]
+    fmt = ["{x:.9f}", "{x:.3f}", "{x:+.2e}", "{x:.1f}"][seed % 4]
+    size = None if seed % 2 else (int(rng.integers(300, 900)) * 2, int(rng.integers(200, 600)) * 2)
+    r = make(grid, cmap=cmap, fmt=fmt, vmin=-0.05, vmax=0.05, size=size, annotate=seed != 5)
+    pair.append(r)
+    frames = []
+    for t in range(5):
+        values = rng.uniform(-0.07, 0.07, grid)
+        values.ravel()[rng.integers(0, values.size)] = [np.nan, np.inf, -np.inf, 0.0, 1e9][t]
+        frames.append((values, f"layer {seed}  ·  step {t * 13}"))
+    limits: list[tuple[float, float] | None] = [None, None, (-0.1, 0.1), None, None]
+    # The first frame and the one with a new colour scale are mapped whole; the rest are composed.
+    assert _indices_match_the_exact_mapping(r, frames, limits) == 3
+
+
+@pytest.mark.slow
+def test_gif_colours_differ_from_matplotlib_no_more_than_the_rgb_path(pair: list[HeatmapRenderer]) -> None:
+    """The frames as the GIF shows them (palette colours of the composed indices), against matplotlib's own
+    drawing: no further from it than the exact mapping of the RGB frames, white stays white, and a colour
+    in the palette is shown as itself (no 6-bit banding)."""
+    from mlflow_weightviz.encoders import FrameEncoder, build_palette
+
+    grid = (8, 12)
+    fast, ref = make(grid, size=(1500, 1000), fontsize=10), make(grid, size=(1500, 1000), fontsize=10, reference=True)
+    pair += [fast, ref]
+    rng = np.random.default_rng(12)
+    encoder = None
+    for t in range(3):
+        values = rng.uniform(0, 0.05, grid)
+        rgb = fast.render(values, f"step {t}", copy=False)
+        if encoder is None:
+            encoder = FrameEncoder(build_palette(rgb, fast.palette_colors()))
+        index = fast.indices(encoder.quantize, encoder.previous)
+        today = encoder.quantize(rgb)
+        encoder.encode(rgb, fast.changed_boxes, index=index)
+        shown = encoder.table[encoder.previous].astype(np.int16)  # type: ignore[index]
+        drawn = ref.render(values, f"step {t}").astype(np.int16)
+        error = np.abs(shown - drawn).max(axis=2)
+        today_error = np.abs(encoder.table[today].astype(np.int16) - drawn).max(axis=2)
+        assert error.mean() <= today_error.mean()
+        assert error.max() <= today_error.max()
+        white = (drawn == 255).all(axis=2)
+        assert white.any()
+        assert (shown[white] == 255).all()  # white stays white (a 6-bit map gives 252)
+        # Exact: a composed colour that is in the palette is shown as itself.
+        composed = rgb.astype(np.int16)
+        in_palette = (encoder.table[today].astype(np.int16) == composed).all(axis=2)
+        assert (shown[in_palette] == composed[in_palette]).all()
+        assert error.mean() < 1.0, error.mean()
