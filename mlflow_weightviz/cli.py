@@ -330,7 +330,7 @@ def render_file(
 
 
 @app.command()
-@with_render_options_except("step_images", "step_images_every", "caption_metric", "grid", "workers", "metrics")
+@with_render_options_except("step_images", "step_images_every", "caption_metric", "grid", "workers", "metrics", "size")
 def compare(
     run_ids: Annotated[list[str], typer.Argument(help="The runs to compare, 2 to 8, in panel order.")],
     options: _Options,
