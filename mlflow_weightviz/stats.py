@@ -43,6 +43,7 @@ MAX_KEY = 250
 
 # MLflow metric keys allow letters, digits, "_ - . / " and spaces (as image keys do).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
+_SEGMENT = {"": "_", ".": "_.", "..": "_.."}
 
 # Bands of this many values are read at a time from layers too big to read whole.
 _BAND_VALUES = 4 * 1024 * 1024
@@ -93,7 +94,9 @@ def metric_key(layer: str, stat: str) -> str:
     the start of the layer name and ends it with a hash of the whole name, so it stays
     valid and distinct.
     """
-    safe = _UNSAFE.sub("_", layer)
+    # MLflow also refuses keys that are not normal paths ("//", "/./", "/../", a trailing
+    # "/"), so such path segments become underscores too.
+    safe = "/".join(_SEGMENT.get(part, part) for part in _UNSAFE.sub("_", layer).split("/"))
     key = f"{METRIC_PREFIX}/{safe}/{stat}"
     if len(key) <= MAX_KEY:
         return key
@@ -135,6 +138,13 @@ def _full_stats(snap: Snapshot, first: Snapshot | None, previous: Snapshot | Non
     cur = snap.open()
     base0 = first.open() if first is not None else None
     basep = previous.open() if previous is not None else None
+    if base0 is not None and first is not None and tuple(base0.shape) != tuple(cur.shape):
+        from mlflow_weightviz.errors import ShapeMismatchError
+
+        # The grid's own wording: statistics are measured before anything is drawn.
+        msg = (f"layer {snap.layer!r} changes shape: every snapshot must have the shape of step "
+               f"{first.step}, {tuple(base0.shape)}; step {snap.step} has shape {tuple(cur.shape)}")
+        raise ShapeMismatchError(msg)
     total = int(np.prod(cur.shape)) if cur.shape else 1
     sq = maxabs = 0.0
     finite = 0

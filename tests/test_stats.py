@@ -88,6 +88,15 @@ def test_reduced_snapshots_give_exact_norm_rms_max(tmp_path: Path) -> None:
 def test_metric_key_is_a_valid_mlflow_key() -> None:
     assert stats.metric_key("fc1.weight", "norm") == "weightviz/fc1.weight/norm"
     assert stats.metric_key("layers[0]:w", "drift") == "weightviz/layers_0__w/drift"
+    from mlflow.utils.validation import _validate_metric_name
+
+    # Names MLflow would read as odd paths: a leading or doubled slash, dot segments.
+    odd = ["/enc.out", "a//b", "a/./b", "../a", "a/", "x" * 300, "ä/ö"]
+    keys = [stats.metric_key(name, "norm") for name in odd]
+    for key in keys:
+        _validate_metric_name(key)  # raises on a key MLflow refuses
+        assert len(key) <= 250
+    assert len(set(keys)) == len(keys)
 
 
 def test_logged_statistics_are_read_back_and_win(tmp_path: Path, embedded_store: str) -> None:
