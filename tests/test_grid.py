@@ -276,8 +276,8 @@ def _pooled_by_padding(a: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarra
     """The straightforward way: pad ragged edges with NaN, reshape into blocks, reduce."""
     rows, cols = a.shape
     padded = np.pad(a, ((0, -rows % br), (0, -cols % bc)), constant_values=np.nan)
-    tiles = padded.reshape(padded.shape[0] // br, br, padded.shape[1] // bc, bc).swapaxes(1, 2)
-    tiles = tiles.reshape(tiles.shape[0], tiles.shape[1], br * bc)
+    blocks = padded.reshape(padded.shape[0] // br, br, padded.shape[1] // bc, bc).swapaxes(1, 2)
+    tiles = blocks.reshape(blocks.shape[0], blocks.shape[1], br * bc)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
         if pool is Pool.MEAN:
