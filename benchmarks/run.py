@@ -394,7 +394,7 @@ def m_downloads(a: dict[str, Any]) -> dict[str, Any]:
 
         repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=server.url)
         return {"files": a["files"], "upload_s": upload, "seconds": results, "server_workers": a["server_workers"],
-                "threads": int(getattr(repo, "max_workers", 0) or 0), "helper": _tracking.download_files.__name__}
+                "threads": int(getattr(repo, "max_workers", 0) or 0), "helper": _tracking.download_folder.__name__}
     finally:
         server.stop()
 

@@ -6,7 +6,10 @@ import contextlib
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +156,8 @@ def _chain_text(exc: BaseException) -> str:
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= 160 else text[:157] + "..."
+    # Keep both ends: an OS error names a long local path first and what went wrong last.
+    return text if len(text) <= 160 else text[:100] + " ... " + text[-55:]
 
 
 def get_run(c: MlflowClient, run_id: str) -> Any:
@@ -185,49 +189,75 @@ def list_files(c: MlflowClient, run_id: str, path: str) -> list[tuple[str, int]]
     return sorted(out)
 
 
-def download_files(c: MlflowClient, run_id: str, paths: Sequence[str], dst: Path, *, action: str) -> None:
-    """Download the run's artifact files ``paths`` into ``dst``, keeping their relative paths.
+def download_folder(c: MlflowClient, run_id: str, path: str, dst: Path, *, action: str) -> Path:
+    """Download the run's artifact ``path`` (a folder, recursively, or one file) into ``dst``; returns its local path.
 
-    Uses the run's artifact repository (any store MLflow supports) through its public
-    ``download_artifacts``, one call per file and a few files at a time. The first
-    failure cancels the downloads not yet started, so an unreachable server fails after
-    one round of retries instead of one round per file (one ``download_artifacts`` call
-    for the whole folder would try every file).
+    One call of the run's artifact repository's public ``download_artifacts`` (any store
+    MLflow supports): it lists each folder once and downloads the files in its own
+    thread pool, rather than listing every file before downloading it. The repository's
+    pool is replaced by one where the first failure makes the downloads not yet started
+    fail at once, so an unreachable server costs one round of retries, not one per file.
+    After a failure ``dst`` is removed: no half-downloaded file is left to be read.
 
     Raises:
         TrackingServerError: The server or the artifact store cannot be reached.
         RunNotFoundError: The run or a file does not exist.
+        SnapshotFormatError: MLflow refuses to download a path it stored.
         OutputError: A file cannot be written locally.
     """
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    root = dst.resolve()
-    jobs = []
-    for path in paths:
-        local = (root / path).resolve()
-        if not local.is_relative_to(root):  # a hostile listing must not write outside the work folder
-            msg = f"{action}: artifact path {path!r} points outside the artifact folder"
-            raise SnapshotFormatError(msg)
-        jobs.append((path, local))
     with translate(action):
         run = c.get_run(run_id)
         repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=c.tracking_uri)
-        for _, local in jobs:
-            local.parent.mkdir(parents=True, exist_ok=True)
-        workers = max(1, min(len(jobs), int(getattr(repo, "max_workers", 4) or 4)))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="weightviz-download")
-        try:
-            # A file's path is kept below dst_path: artifact "a/b.npz" lands in root/a/b.npz.
-            futures = [pool.submit(repo.download_artifacts, path, os.fspath(root)) for path, _ in jobs]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future, (path, _) in zip(futures, jobs, strict=True):
-                error = future.exception() if future in done else None
-                if error is not None:
-                    _raise_download_error(error, f"{action}: {path}")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        dst.mkdir(parents=True, exist_ok=True)
+    pool = _FailFastPool(max(1, int(getattr(repo, "max_workers", 4) or 4)))
+    repo.thread_pool = pool  # the pool download_artifacts submits each file's download to
+    download: Callable[[str, str], str] = repo.download_artifacts
+    try:
+        local = download(path, os.fspath(dst.resolve()))
+    except BaseException as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: as they are
+            raise
+        if pool.failure is not None:  # the first failure, not the files skipped after it
+            failed, error = pool.failure
+            _raise_download_error(error, f"{action}: {failed}" if failed else action)
+        _raise_download_error(exc, action)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return Path(local)
+
+
+class _FailFastPool(ThreadPoolExecutor):
+    """A thread pool for one folder download: once a download fails, the ones not yet started fail at once."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers, thread_name_prefix="weightviz-download")
+        self.failure: tuple[str, BaseException] | None = None  # (artifact path, error) of the first failure
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn``; it is skipped (fails with :class:`_Skipped`) if another download failed first."""
+        path = str(kwargs.get("remote_file_path") or "")
+
+        def run() -> Any:
+            if self.failure is not None:
+                raise _Skipped(path)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                with self._lock:
+                    if self.failure is None:
+                        self.failure = (path, exc)
+                raise
+
+        return super().submit(run)
+
+
+class _Skipped(Exception):
+    """A download not started because another one had failed."""
 
 
 def _raise_download_error(error: BaseException, action: str) -> None:

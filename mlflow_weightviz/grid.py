@@ -135,15 +135,19 @@ def _bands(arr: np.ndarray | LazyArray, rows: int, cols: int, br: int = 1,
         mat = _matrix_view(arr, rows, cols)
         band = max(1, _BAND_BYTES // max(1, rows * itemsize * bc)) * bc
         for c0 in range(0, cols, band):
-            yield 1, c0, _read_float(mat, (slice(0, rows), slice(c0, min(c0 + band, cols))))
-            _release(mat)
+            block = _read_float(mat, (slice(0, rows), slice(c0, min(c0 + band, cols))))
+            _release(mat)  # before the band is pooled: its file pages are not needed any more
+            yield 1, c0, block
+            del block  # not kept alive while the next band is read
         return
     band = max(1, _BAND_BYTES // max(1, cols * itemsize * br)) * br
     rest = tuple(slice(0, n) for n in arr.shape[1:])
     for r0 in range(0, rows, band):
         r1 = min(r0 + band, rows)
-        yield 0, r0, _read_float(arr, (slice(r0, r1), *rest)).reshape(r1 - r0, cols)
-        _release(arr)
+        block = _read_float(arr, (slice(r0, r1), *rest)).reshape(r1 - r0, cols)
+        _release(arr)  # before the band is pooled: its file pages are not needed any more
+        yield 0, r0, block
+        del block  # not kept alive while the next band is read
 
 
 def _matrix_view(arr: np.ndarray | LazyArray, rows: int, cols: int) -> np.ndarray | LazyArray:
@@ -225,19 +229,46 @@ def _as_float(a: np.ndarray) -> np.ndarray:
         return np.asarray(a, dtype=np.float64)
 
 
-def _pool_band(block: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
+def _tiles(block: np.ndarray, br: int, bc: int) -> np.ndarray:
+    """``block``'s (br, bc) blocks as a (rows/br, cols/bc, br*bc) array; ragged edges are padded with NaN.
+
+    NaN is skipped by the nan-aware reductions. This is padding the band with NaN and
+    reshaping it into blocks, down to the memory layout (a reduction adds the values in
+    an order that depends on it), but a ragged band is copied only once: straight into
+    the tiles when the reshape would copy, else into the padded band it is a view of.
+    """
     rows, cols = block.shape
-    pr, pc = -rows % br, -cols % bc
-    if pr or pc:  # pad ragged edges with NaN, which the nan-aware reductions skip
-        block = np.pad(block, ((0, pr), (0, pc)), constant_values=np.nan)
-    grid = block.reshape(block.shape[0] // br, br, block.shape[1] // bc, bc).swapaxes(1, 2)
-    tiles = grid.reshape(grid.shape[0], grid.shape[1], br * bc)
+    gr, gc, fr, fc = -(-rows // br), -(-cols // bc), rows // br, cols // bc
+    if (fr, fc) == (gr, gc):
+        return block.reshape(gr, br, gc, bc).swapaxes(1, 2).reshape(gr, gc, br * bc)
+    if br == 1 or bc == 1 or gc == 1:  # the blocks are a view of the padded band
+        padded = np.full((gr * br, gc * bc), np.nan)
+        padded[:rows, :cols] = block
+        return padded.reshape(gr, br, gc, bc).swapaxes(1, 2).reshape(gr, gc, br * bc, copy=False)
+    tiles = np.full((gr, gc, br * bc), np.nan)
+    t4 = tiles.reshape(gr, gc, br, bc).transpose(0, 2, 1, 3)  # t4[i, a, j, b] is block[i*br + a, j*bc + b]
+    rr, rc = rows - fr * br, cols - fc * bc
+    t4[:fr, :, :fc, :] = block[:fr * br, :fc * bc].reshape(fr, br, fc, bc)
+    if rc:
+        t4[:fr, :, fc, :rc] = block[:fr * br, fc * bc:].reshape(fr, br, rc)
+    if rr:
+        t4[fr, :rr, :fc, :] = block[fr * br:, :fc * bc].reshape(rr, fc, bc)
+    if rr and rc:
+        t4[fr, :rr, fc, :rc] = block[fr * br:, fc * bc:]
+    return tiles
+
+
+def _pool_band(block: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
+    tiles = _tiles(block, br, bc)
     with warnings.catch_warnings(), np.errstate(invalid="ignore", over="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         if pool is Pool.MEAN:
             return np.asarray(np.nanmean(tiles, axis=2))
         if pool is Pool.RMS:
-            return np.asarray(np.sqrt(np.nanmean(np.square(tiles), axis=2)))
+            # Squared in place when the tiles are a copy of their own: one band of float64 less
+            # at the peak of a huge layer (the same values either way).
+            own = not np.may_share_memory(tiles, block)
+            return np.asarray(np.sqrt(np.nanmean(np.square(tiles, out=tiles if own else None), axis=2)))
         idx = np.nanargmax(np.where(np.isnan(tiles), -1.0, np.abs(tiles)), axis=2)
         return np.asarray(np.take_along_axis(tiles, idx[..., None], axis=2)[..., 0])
 

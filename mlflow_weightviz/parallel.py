@@ -41,6 +41,7 @@ import numpy as np
 from mlflow_weightviz._signals import shielded
 
 if TYPE_CHECKING:
+    from mlflow_weightviz.encoders import FrameEncoder
     from mlflow_weightviz.frames import HeatmapRenderer
 
 __all__ = ["EncodedFrame", "FramePool", "LayerJob", "build_renderer", "encode_range"]
@@ -122,17 +123,28 @@ class _Task:
 
 
 class _LayerState:
-    """What a worker keeps for the layer it is drawing: renderer, stack, and the encoder (palette, last frame)."""
+    """What a worker keeps for the layer it is drawing: renderer, stack, and the encoder (palette, last frame).
+
+    The palette comes from frame 0, as in one process. The worker that draws frame 0
+    builds it from that very drawing (and returns it with the frame); a worker that
+    starts a layer mid-way draws frame 0 once for it.
+    """
 
     def __init__(self, task: _Task) -> None:
-        from mlflow_weightviz.encoders import FrameEncoder, build_palette
-
         self.renderer = build_renderer(task.renderer)
         self.stack = np.load(task.stack_path, mmap_mode="r")
-        first = self.renderer.render(np.asarray(self.stack[0]), task.first[0], task.first[1], copy=False)
-        self.encoder = FrameEncoder(build_palette(first, self.renderer.palette_colors()))
+        self.encoder: FrameEncoder | None = None
+        if task.start > 0:
+            self.palette_from(self.draw(0, task.first[0], task.first[1]))
         self.size = self.renderer.size
         self.last = -1  # the frame the encoder holds as the previous one
+
+    def palette_from(self, first: np.ndarray) -> FrameEncoder:
+        """The encoder, with the palette of ``first`` (frame 0 as drawn)."""
+        from mlflow_weightviz.encoders import FrameEncoder, build_palette
+
+        self.encoder = FrameEncoder(build_palette(first, self.renderer.palette_colors()))
+        return self.encoder
 
     def draw(self, i: int, title: str, limits: tuple[float, float]) -> np.ndarray:
         return self.renderer.render(np.asarray(self.stack[i]), title, limits, copy=False)
@@ -156,7 +168,9 @@ def _run_task(task: _Task) -> _Result:
         state = _STATES[task.key] = _LayerState(task)
     offset = max(0, task.start - 1)
     encoder = state.encoder
-    if task.start == 0:
+    if encoder is None:
+        assert task.start == 0
+    elif task.start == 0:
         encoder.previous = None
     elif state.last != task.start - 1:  # draw the frame before again, to diff against it
         encoder.reset(state.draw(task.start - 1, task.titles[0], task.limits[0]))
@@ -164,12 +178,15 @@ def _run_task(task: _Task) -> _Result:
     indices: list[np.ndarray] | None = [] if task.indices else None
     for i in range(task.start, task.stop):
         rgb = state.draw(i, task.titles[i - offset], task.limits[i - offset])
+        if encoder is None:  # frame 0: the palette comes from this drawing, as in one process
+            encoder = state.palette_from(rgb)
         blocks.append(encoder.encode(rgb, state.renderer.changed_boxes,
                                      index=state.renderer.indices(encoder.quantize, encoder.previous)))
         if indices is not None:
             assert encoder.previous is not None
             indices.append(encoder.previous)
     state.last = task.stop - 1
+    assert encoder is not None
     table, size = (encoder.table if task.start == 0 else None), state.size
     if task.stop == task.total:  # nothing more of this layer comes to this worker
         _STATES.pop(task.key).close()

@@ -115,14 +115,14 @@ class RunSource:
     def fetch(self, workdir: Path) -> Path:
         """Download the artifacts into ``workdir`` with MLflow's artifact repository API.
 
-        Files are fetched in parallel; the first failure cancels the rest, so a dead
-        server costs one round of retries rather than one per file.
+        One folder download (MLflow lists each folder once and fetches the files in
+        parallel); the first failure cancels the files not yet started, so a dead server
+        costs one round of retries rather than one per file.
         """
-        files = self.files()  # a clear error when there is nothing to download
+        self.files()  # a clear error when there is nothing to download
         dst = workdir / "source"
-        _tracking.download_files(self.client, self.run_id, [p for p, _ in files], dst,
-                                 action=f"downloading {self.artifact_path!r} of run {self.run_id}")
-        return dst / self.artifact_path.strip("/")
+        return _tracking.download_folder(self.client, self.run_id, self.artifact_path.strip("/"), dst,
+                                         action=f"downloading {self.artifact_path!r} of run {self.run_id}")
 
 
 @dataclass(frozen=True)

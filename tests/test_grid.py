@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,50 @@ def test_a_one_sided_vmin_beyond_the_data_keeps_the_scale_the_right_way_round(tm
     high = prepare_layer("l", snaps, RenderOptions(vmax=-1.0), tmp_path)
     assert high.vmax == -1.0
     assert high.vmin < high.vmax
+
+
+def _pooled_by_padding(a: np.ndarray, br: int, bc: int, pool: Pool) -> np.ndarray:
+    """The straightforward way: pad ragged edges with NaN, reshape into blocks, reduce."""
+    rows, cols = a.shape
+    padded = np.pad(a, ((0, -rows % br), (0, -cols % bc)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // br, br, padded.shape[1] // bc, bc).swapaxes(1, 2)
+    tiles = blocks.reshape(blocks.shape[0], blocks.shape[1], br * bc)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        if pool is Pool.MEAN:
+            return np.asarray(np.nanmean(tiles, axis=2))
+        return np.asarray(np.sqrt(np.nanmean(np.square(tiles), axis=2)))
+
+
+@pytest.mark.parametrize("pool", [Pool.MEAN, Pool.RMS])
+def test_pooling_ragged_blocks_gives_the_bits_of_padding_and_reshaping(pool: Pool) -> None:
+    rng = np.random.default_rng(3)
+    for rows, cols, max_rows, max_cols in ((31, 33, 8, 5), (16, 33, 16, 4), (31, 12, 4, 12), (7, 5, 2, 2)):
+        a = rng.normal(size=(rows, cols)) * 1e-3
+        a[rng.random(a.shape) < 0.2] = np.nan
+        grid, info = to_grid(a, max_rows=max_rows, max_cols=max_cols, pool=pool)
+        assert grid.tobytes() == _pooled_by_padding(a, *info.block, pool).tobytes()
+
+
+def test_pooling_a_huge_band_holds_few_copies_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    from mlflow_weightviz import grid as grid_module
+
+    band = 4 * 1024 * 1024
+    monkeypatch.setattr(grid_module, "_BAND_BYTES", band)
+    m = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32, shape=(4000, 1001))
+    m[:] = np.random.default_rng(0).normal(size=m.shape).astype(np.float32)
+    m.flush()
+    del m
+    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")
+    tracemalloc.start()
+    try:
+        grid, _ = to_grid(mapped, max_rows=40, max_cols=30, pool=Pool.RMS)  # ragged columns: 1001 = 30 x 34 - 19
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert grid.shape == (40, 30)
+    # A band is read as float64 (2 x band), tiled once and reduced once (nanmean copies it): about
+    # 3 float64 copies; padding, squaring out of place or two bands alive at once would make it 5 or more.
+    assert peak < 4 * 2 * band, f"peak {peak / 2**20:.0f} MiB for float64 bands of {2 * band / 2**20:.0f} MiB"

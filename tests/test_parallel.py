@@ -95,3 +95,33 @@ def test_workers_warn_once_when_an_output_cannot_use_them(tmp_path: Path) -> Non
     with pytest.warns(wv.WeightvizWarning, match="--workers 2 is ignored here: the HTML player alone"):
         wv.render_file(src, wv.RenderOptions(formats=("html",)), output_dir=tmp_path / "h", workers=2)
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["fc1.html", "fc2.html", "out.html"]
+
+
+def test_frame_zero_is_drawn_once_by_whole_layers_and_gives_one_process_palette(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz.encoders import FrameEncoder, build_palette
+    from mlflow_weightviz.frames import HeatmapRenderer
+    from mlflow_weightviz.parallel import build_renderer
+
+    layer = job(tmp_path)
+    renderer = build_renderer(layer.renderer)  # one process: the palette of frame 0 as drawn (pipeline.draw_layer)
+    try:
+        first = renderer.render(np.load(layer.stack_path)[0], layer.titles[0], layer.limits[0])
+        expected = FrameEncoder(build_palette(first, renderer.palette_colors())).table
+    finally:
+        renderer.close()
+    drawn: list[str] = []
+    render = HeatmapRenderer.render
+
+    def counting(self: HeatmapRenderer, *args: object, **kwargs: object) -> np.ndarray:
+        drawn.append(str(args[1]))  # the title names the frame
+        return render(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HeatmapRenderer, "render", counting)
+    whole = encode_range(layer)  # what a worker does with a whole layer
+    assert drawn == list(layer.titles)  # every frame once: the palette comes from frame 0's own drawing
+    assert whole[0].palette is not None
+    assert np.array_equal(whole[0].palette, expected)
+    drawn.clear()
+    encode_range(layer, 3, 6)  # a chunk mid-layer: frame 0 once for the palette, frame 2 to diff against
+    assert drawn == [layer.titles[i] for i in (0, 2, 3, 4, 5)]

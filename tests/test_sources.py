@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError
+from mlflow_weightviz.errors import SnapshotsNotFoundError, UsageError, WeightvizError
 from mlflow_weightviz.sources import LocalSource, MetricHistory, RunSource
 from tests.helpers import log_folder, make_run, training_series, write_canonical
 
@@ -100,3 +100,57 @@ def test_metric_history_of_a_real_run_and_an_unknown_metric() -> None:
     assert src.metric_history("loss").caption(5) == "loss = 1 (step 4)"
     with pytest.raises(UsageError, match=r"has no metric 'acc' for --caption-metric; its metrics: loss"):
         src.metric_history("acc")
+
+
+def test_run_source_fetches_only_the_files_under_its_path(tmp_path: Path) -> None:
+    run_id = make_run()
+    write_canonical(tmp_path / "w", {"fc1": training_series(2)}, [0, 1])
+    log_folder(run_id, tmp_path / "w", "weights")
+    log_folder(run_id, tmp_path / "w", "weights_old")  # a sibling sharing the prefix
+    log_folder(run_id, tmp_path / "w", "weightviz")
+    work = tmp_path / "fetched"  # (tmp_path / "work" holds the store)
+    local = RunSource(MlflowClient(), run_id, "weights/").fetch(work)
+    assert local == work / "source" / "weights"
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()) == [
+        "source/weights/step_0.npz", "source/weights/step_1.npz"]
+    one = RunSource(MlflowClient(), run_id, "weights_old/step_1.npz").fetch(tmp_path / "one")
+    assert one.read_bytes() == (tmp_path / "w" / "step_1.npz").read_bytes()
+    assert [p.name for p in (tmp_path / "one").rglob("*") if p.is_file()] == ["step_1.npz"]
+
+
+def test_a_failed_download_names_the_file_and_leaves_no_files(tmp_path: Path) -> None:
+    run_id = make_run()
+    write_canonical(tmp_path / "w", {"fc1": training_series(40)}, list(range(40)))
+    log_folder(run_id, tmp_path / "w", "weights")
+    store = Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://")) / "weights"
+    os.mkfifo(store / "step_7.npz.part")  # listed like a file; copying it fails (shutil refuses named pipes)
+    src = RunSource(MlflowClient(), run_id, "weights")
+    failure = r"downloading 'weights' of run \w+: weights/step_7\.npz\.part: .*named pipe"
+    with pytest.raises(WeightvizError, match=failure):
+        src.fetch(tmp_path / "fetched")
+    assert not (tmp_path / "fetched" / "source").exists()  # nothing half downloaded is left to be read
+
+
+def test_after_a_failed_download_the_files_not_started_are_skipped() -> None:
+    from mlflow_weightviz._tracking import _FailFastPool, _Skipped
+
+    ran: list[int] = []
+
+    def download(remote_file_path: str, local_path: str) -> None:
+        ran.append(int(remote_file_path))
+        if remote_file_path == "0":
+            msg = "connection refused"
+            raise OSError(msg)
+
+    pool = _FailFastPool(1)  # one thread: the files run in order
+    try:
+        futures = [pool.submit(download, remote_file_path=str(i), local_path="-") for i in range(10)]
+        errors = [f.exception() for f in futures]
+    finally:
+        pool.shutdown()
+    assert ran == [0]
+    assert isinstance(errors[0], OSError)
+    assert all(isinstance(e, _Skipped) for e in errors[1:])
+    assert pool.failure is not None
+    assert pool.failure[0] == "0"
+    assert pool.failure[1] is errors[0]
