@@ -140,6 +140,22 @@ def measure(name: str, build: Any, reps: int, steps: int, work: Path) -> dict[st
             train_step(model, loss, opt)
             rec.step(step)
             timed.append(time.perf_counter() - start)
+    # The training metrics' cost: rec.step() with metrics against metrics=False, alternating, in one process.
+    costs: dict[bool, list[float]] = {True: [], False: []}
+    with mlflow.start_run(run_name=f"bench-{name}-metrics"):
+        recs = {m: wv.record(model, every=1, layers="*", render=False, metrics=m, artifact_path=f"weights-{int(m)}",
+                             chunk_steps=reps + 1000) for m in (True, False)}
+        try:
+            for i in range(reps + 1):
+                for m in ((True, False) if i % 2 == 0 else (False, True)):
+                    train_step(model, loss, opt)
+                    start = time.perf_counter()
+                    recs[m].step(i)
+                    if i:  # the first snapshot also makes the sign tables
+                        costs[m].append(time.perf_counter() - start)
+        finally:
+            for r in recs.values():
+                r.close()
     with mlflow.start_run(run_name=f"bench-{name}-skip"), \
             wv.record(model, every=1_000_000, layers="*", render=False) as rec:
         rec.step(0)
@@ -157,7 +173,8 @@ def measure(name: str, build: Any, reps: int, steps: int, work: Path) -> dict[st
     del model, opt
     return {"name": name, "params": params, "param_bytes": param_bytes, "naive_s": naive_s,
             "naive_bytes": naive_bytes, "snap_s": snap_s, "snapshot_bytes": per_snapshot, "base_s": base_s,
-            "skip_s": skip_s, "overhead": overhead, "steps": steps, "reps": reps}
+            "skip_s": skip_s, "overhead": overhead, "steps": steps, "reps": reps,
+            "metrics_on_s": statistics.median(costs[True]), "metrics_off_s": statistics.median(costs[False])}
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -192,7 +209,14 @@ def report(rows: list[dict[str, Any]]) -> str:
               "computed from measured costs, not run for hundreds of steps: (one snapshot + (every − 1) × "
               "one `rec.step()` call that takes no snapshot) / every; the naive copy's is its time / every. "
               + "Measured `rec.step()` on a step without a snapshot: "
-              + ", ".join(f"{r['name']} {r['skip_s'] * 1e6:.1f} µs" for r in rows) + ".", ""]
+              + ", ".join(f"{r['name']} {r['skip_s'] * 1e6:.1f} µs" for r in rows) + ".", "",
+              "## Cost of the training metrics", "",
+              "| model | rec.step() with metrics | with `metrics=False` | ratio |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['metrics_on_s'] * 1e3:.0f} ms | {r['metrics_off_s'] * 1e3:.0f} ms | "
+                     f"{r['metrics_on_s'] / r['metrics_off_s']:.2f}× |")
+    lines += ["", "Snapshot steps only, one process, the two recorders alternating after a training step each; "
+              "medians over `--reps` (see docs/capture.md, Training metrics).", ""]
     return "\n".join(lines)
 
 

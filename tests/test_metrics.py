@@ -315,7 +315,6 @@ def test_sketch_estimates_the_update_norm(kind: str) -> None:
     from mlflow_weightviz.capture._live import measure_device
 
     torch.manual_seed(1)
-    cache: dict[object, object] = {}
     if kind == "adam":
         lin = torch.nn.Linear(1024, 1024, bias=False)
         opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
@@ -332,13 +331,51 @@ def test_sketch_estimates_the_update_norm(kind: str) -> None:
     else:
         r = 1 if kind == "rank1" else 16
         w0 = torch.randn(1024, 1024) * 0.02
-        w1, bound = w0 + 1e-4 * torch.randn(1024, r) @ torch.randn(r, 1024), 0.35 if r == 1 else 0.12
-    est = float(np.linalg.norm(measure_device(w1, cache).sketch - measure_device(w0, cache).sketch))
+        w1, bound = w0 + 1e-4 * torch.randn(1024, r) @ torch.randn(r, 1024), 0.12 if r == 1 else 0.05
+    est = float(np.linalg.norm(measure_device(w1).sketch - measure_device(w0).sketch))
     exact = float(torch.linalg.vector_norm(w1.double() - w0.double()))
     assert abs(est / exact - 1) < bound
     # The sketch is linear and the same for numpy arrays: S(W) from numpy agrees.
     np_sketch = measure_device(w1.numpy()).sketch
-    assert np.allclose(np_sketch, measure_device(w1, cache).sketch, rtol=1e-3, atol=1e-5)
+    assert np.allclose(np_sketch, measure_device(w1).sketch, rtol=1e-3, atol=1e-5)
+    # The torch path (forced for a CPU tensor with a dtype numpy has not) computes the same sketch.
+    if kind != "adam":
+        from mlflow_weightviz.capture import reduce
+
+        blocks = reduce.plan(tuple(w1.shape), 64, 64)
+        forced = reduce._torch_partial(w1.double(), 0, blocks, sketch=True).sketch
+        assert forced is not None
+        assert np.allclose(forced, measure_device(w1.double().numpy()).sketch, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_device_measure_comes_exact_from_the_reduction_and_shards_add_up(nonfinite: bool) -> None:
+    """norm, max |w| and the finite count from the block reduction (numpy and torch paths) match stats.py's rules."""
+    import torch
+
+    from mlflow_weightviz.capture import reduce
+    from mlflow_weightviz.capture._live import exact_stats, measure_device
+
+    w = np.random.default_rng(3).standard_normal((300, 130)).astype(np.float32)
+    if nonfinite:
+        w[5, 7], w[200, 3], w[9, 100] = np.nan, np.inf, -np.inf
+    blocks = reduce.plan(w.shape, 64, 64)
+    want = exact_stats(0, w, None, None)
+    t = torch.from_numpy(w)
+    for value, partial in ((w, reduce.partial_of(w, 0, blocks, sketch=True)),
+                           (t, reduce._torch_partial(t, 0, blocks, sketch=True))):
+        m = measure_device(value, blocks, partial=partial)
+        assert math.sqrt(m.squares) == pytest.approx(want.norm, rel=1e-6)
+        assert m.max_abs == want.max_abs
+        assert 1 - m.finite / m.total == pytest.approx(want.nonfinite)
+        assert np.isfinite(m.sketch).all()
+    # Row shards (cut inside a block row) add up to the whole layer's measure, sketch included.
+    whole = measure_device(w, blocks)
+    shards = measure_device(w[:103], blocks)
+    shards.merge(measure_device(w[103:], blocks, row0=103))
+    assert np.allclose(shards.sketch, whole.sketch, rtol=1e-6, atol=1e-6)
+    assert shards.squares == pytest.approx(whole.squares, rel=1e-9)
+    assert (shards.finite, shards.total, shards.max_abs) == (whole.finite, whole.total, whole.max_abs)
 
 
 def test_long_layer_names_get_valid_distinct_keys() -> None:

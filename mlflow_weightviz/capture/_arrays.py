@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_weightviz.capture.reduce import META_KEY, dtype_name, is_torch, metadata_array, plan, reduce_layer
+from mlflow_weightviz.capture.reduce import META_KEY, Partial, dtype_name, is_torch, metadata_array, partial_of, plan
 from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.grid import matrix_shape
 from mlflow_weightviz.snapshots import STEPS_KEY
@@ -52,7 +52,8 @@ def weights_mapping(weights: Any, dtype: Any = None) -> dict[str, np.ndarray]:
 
 
 def snapshot_arrays(weights: Any, *, dtype: Any = None, grid: tuple[int, int] = (64, 64), reduce: bool = True,
-                    crops: Sequence[Crop] = (), everything: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+                    crops: Sequence[Crop] = (), everything: Mapping[str, Any] | None = None,
+                    partials: dict[str, Partial] | None = None) -> dict[str, np.ndarray]:
     """The arrays of one snapshot file: small layers exact, big ones as block statistics, plus crops.
 
     Args:
@@ -62,6 +63,8 @@ def snapshot_arrays(weights: Any, *, dtype: Any = None, grid: tuple[int, int] = 
         reduce: Whether to reduce big layers (``False`` stores every layer exactly).
         crops: Exact regions to store as their own layers.
         everything: Where the crops' layers are looked up; defaults to ``weights``.
+        partials: If given, receives each reduced layer's block statistics with their
+            sketch (computed in the same pass), for the training metrics.
 
     Raises:
         UsageError: A layer is not numeric, has a reserved name, or a crop's layer is missing or empty.
@@ -74,7 +77,10 @@ def snapshot_arrays(weights: Any, *, dtype: Any = None, grid: tuple[int, int] = 
         blocks = plan(shape, *grid)
         if reduce and blocks.reduced and math.prod(shape) > 0:
             _check_numeric(key, value)
-            for stat, arr in reduce_layer(value, blocks).items():
+            partial = partial_of(value, 0, blocks, sketch=partials is not None)
+            if partials is not None:
+                partials[key] = partial
+            for stat, arr in partial.stats().items():
                 out[f"{key}::{stat}"] = arr
             meta[key] = blocks.describe(dtype_name(value))
         else:

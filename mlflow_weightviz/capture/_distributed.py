@@ -108,8 +108,8 @@ def local_pieces(current: Mapping[str, Any], names: Sequence[str], *, rank: int,
                  reduce: bool, dtype: Any, crops: Sequence[Crop], measure: dict[Any, Any] | None = None) -> Piece:
     """This rank's part of a snapshot of the layers ``names`` (and the crops), computed locally.
 
-    With ``measure`` (a cache for the sketch), reduced rows are also measured for the
-    training metrics (see ``_live.py``), before they are reduced.
+    With ``measure`` (not ``None``), reduced rows are also measured for the training
+    metrics (see ``_live.py``), in the same pass as they are reduced.
     """
     piece = Piece()
     values = {str(k): v for k, v in current.items()}
@@ -145,12 +145,14 @@ def _add(piece: Piece, name: str, found: tuple[Any, int] | None, shape: tuple[in
          grid: tuple[int, int], reduce: bool, dtype: Any, measure: dict[Any, Any] | None = None) -> None:
     blocks = plan(shape, *grid)
     if reduce and blocks.reduced and math.prod(shape) > 0:
+        # With metrics on, the same pass also sketches the rows; their measure comes from that partial.
+        partial = Partial.empty(blocks.grid) if found is None else partial_of(found[0], found[1], blocks,
+                                                                              sketch=measure is not None)
         if measure is not None and found is not None:
             try:
-                piece.measures[name] = measure_device(found[0], measure, row0=found[1], rows_total=blocks.matrix[0])
+                piece.measures[name] = measure_device(found[0], blocks, row0=found[1], partial=partial)
             except Exception:  # a metrics problem must not cost the snapshot: rank 0 falls back
                 piece.measures[name] = None
-        partial = Partial.empty(blocks.grid) if found is None else partial_of(found[0], found[1], blocks)
         piece.reduced[name] = (blocks, kind, partial)
         return
     exact = piece.exact.setdefault(name, Exact(shape))

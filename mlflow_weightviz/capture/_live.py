@@ -1,15 +1,18 @@
 """Training diagnostics measured while recording, and logged in the background.
 
 At every snapshot :class:`LiveMetrics` measures each recorded layer on the full tensor,
-where it lives, before any reduction, so the figures are exact for big layers too:
+where it lives, so the figures are exact for big layers too:
 
 * ``norm``, ``max_abs``, ``rms`` and ``nonfinite``: exact, over the finite entries (as in
-  :mod:`mlflow_weightviz.stats`), accumulated in float64 a band of rows at a time.
+  :mod:`mlflow_weightviz.stats`). For layers reduced on the device they come from the
+  block reduction's own sums of squares, counts and peaks (no second pass), except when
+  the layer holds a NaN or an infinity: then one more pass skips those.
 * ``update_ratio`` and ``drift``: exact for layers copied to the host whole anyway (small
   layers, or ``reduce=False``): the first and the previous copy are kept on the host as
   float32 (float64 for float64 layers). For layers reduced on the device no second full
-  copy is kept anywhere: the numerator ‖W_t − W_s‖ is estimated from a linear sketch
-  S(W) = C · W · G kept on the host (see :func:`sketch`); the denominator ‖W_s‖ is exact.
+  copy is kept anywhere: the numerator ‖W_t − W_s‖ is estimated from the block sketch
+  the reduction computes in the same pass (``reduce.block_sketch``; one value per block,
+  kept on the host); the denominator ‖W_s‖ is exact.
 
 The rows go to a :class:`MetricLog`, a background thread that calls ``log_batch``, so the
 training loop never waits on the tracking server. Any problem here is a warning.
@@ -28,23 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_weightviz.capture.reduce import is_torch
-from mlflow_weightviz.grid import matrix_shape
+from mlflow_weightviz.capture.reduce import BlockPlan, Partial, is_torch, partial_of, plan, sketch_buckets
 from mlflow_weightviz.options import WeightvizWarning
 from mlflow_weightviz.stats import StepStats, metric_key
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["BUCKETS", "SKETCH_COLS", "LiveMetrics", "MetricLog", "exact_stats", "measure_device", "sketch"]
+__all__ = ["GRID", "LiveMetrics", "MetricLog", "exact_stats", "measure_device", "sketch"]
 
-#: Columns of the Gaussian sketch: a layer wider than this is multiplied by a cols × 128 matrix.
-SKETCH_COLS = 128
-#: Rows of the sketch: a layer taller than this has its rows hashed into this many signed buckets.
-BUCKETS = 2048
-#: The fixed seed of the sketch, so every snapshot of a layer is sketched alike.
-SEED = 20240611
-#: Values read at a time from a layer (float64 temporaries of at most 32 MiB on its device).
+#: The grid a layer is sketched on when none is given (the display grid's default).
+GRID = (64, 64)
+#: Values read at a time when a layer holds non-finite values (float64 temporaries of at most 32 MiB).
 BAND_VALUES = 1 << 22
 #: Metrics per ``log_batch`` call (MLflow's limit).
 BATCH = 1000
@@ -100,173 +98,77 @@ class DeviceMeasure:
         self.sketch = self.sketch + other.sketch
 
 
-def measure_device(value: Any, cache: dict[Any, Any] | None = None, *, row0: int = 0,
-                   rows_total: int | None = None) -> DeviceMeasure:
-    """Exact norm², finite count and max |w| of a layer, and its sketch, computed where it lives.
+def measure_device(value: Any, blocks: BlockPlan | None = None, *, row0: int = 0,
+                   partial: Partial | None = None) -> DeviceMeasure:
+    """Exact norm², finite count and max |w| of a layer (or of its rows from ``row0``), and its block sketch.
 
-    Torch tensors stay on their device (only scalars and the small sketch are copied);
-    anything else is converted to numpy first. A shard holding rows ``row0, row0 + 1, ...``
-    of a layer of ``rows_total`` rows gives a measure that adds up with the other shards'
-    (:meth:`DeviceMeasure.merge`) to that of the whole layer.
+    They come from the block reduction's :class:`Partial` (``partial``, when the snapshot
+    already computed it with its sketch; otherwise computed here), so no other pass over
+    the layer runs: Σ squares is ‖W‖², the counts and signed peaks give the rest. Only
+    when the rows hold a NaN or an infinity, a slower pass over the finite entries
+    (:func:`_finite_measure`) keeps the rules of ``stats.py``. Measures of row shards add
+    up (:meth:`DeviceMeasure.merge`) to that of the whole layer.
     """
-    cache = {} if cache is None else cache
-    if is_torch(value):
-        return _torch_measure(value, cache, row0, rows_total)
-    from mlflow_weightviz.capture._arrays import to_numpy
+    shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+    blocks = plan(shape, *GRID) if blocks is None else blocks
+    if partial is None or partial.sketch is None:
+        partial = partial_of(value, row0, blocks, sketch=True)
+    total = math.prod(shape)
+    squares = float(partial.squares.sum())
+    peaks = partial.peak[~np.isnan(partial.peak)]
+    if int(partial.count.sum()) == total and math.isfinite(squares) and np.isfinite(peaks).all():
+        assert partial.sketch is not None
+        return DeviceMeasure(squares, total, total, float(np.abs(peaks).max()) if peaks.size else 0.0, partial.sketch)
+    return _finite_measure(value, row0, blocks)
 
-    return _numpy_measure(to_numpy(value), cache, row0, rows_total)
 
+def sketch(value: Any, grid: tuple[int, int] = GRID) -> np.ndarray:
+    """The layer's block sketch on a ``grid`` (see :func:`mlflow_weightviz.capture.reduce.block_sketch`).
 
-def sketch(value: Any) -> np.ndarray:
-    """The layer's sketch S(W) = C · W · G, as a float64 host array (see the module's docs).
-
-    G is a (cols × :data:`SKETCH_COLS`) Gaussian matrix with entries N(0, 1/k) and C adds
-    row r, with a random sign, into bucket ``r % BUCKETS`` (a count sketch); each side is
-    used only when the layer is bigger than it on that side. Both are linear and fixed by
-    :data:`SEED`, so ‖S(W_t) − S(W_s)‖ estimates ‖W_t − W_s‖ (unbiased for the square).
     Non-finite entries count as 0.
     """
-    return measure_device(value).sketch
+    shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+    return measure_device(value, plan(shape, *grid)).sketch
 
 
-def _band_rows(cols: int) -> int:
-    return max(1, BAND_VALUES // max(1, cols))
+def _finite_measure(value: Any, row0: int, blocks: BlockPlan) -> DeviceMeasure:
+    """The measure over the finite entries only (non-finite ones count as 0), a band of rows at a time."""
+    cols = blocks.matrix[1]
+    out = Partial.empty(blocks.grid, sketch_buckets(blocks))
+    finite = total = 0
+    if is_torch(value):
+        import torch
 
-
-def _numpy_measure(arr: np.ndarray, cache: dict[Any, Any], row0: int, rows_total: int | None) -> DeviceMeasure:
-    if np.iscomplexobj(arr):
-        arr = np.abs(arr)
-    rows, cols = matrix_shape(tuple(arr.shape))
-    mat = arr.reshape(rows, cols)
-    total = rows if rows_total is None else rows_total
-    g = _numpy_g(cols, cache)
-    signs = _numpy_signs(total, cache)
-    width = g.shape[1] if g is not None else cols
-    out = np.zeros((BUCKETS if signs is not None else total, width))
-    sq = mx = 0.0
-    finite = 0
-    step = _band_rows(cols)
-    for r0 in range(0, rows, step):
-        band = mat[r0:r0 + step].astype(np.float64)
-        if np.isfinite(band.sum()):  # the common case: no mask
-            finite += band.size
-        else:
-            finite += int(np.isfinite(band).sum())
-            band = np.nan_to_num(band, nan=0.0, posinf=0.0, neginf=0.0)
-        sq += float(np.einsum("ij,ij->", band, band))
-        if band.size:
-            mx = max(mx, float(np.abs(band).max()))
-        y = band @ g if g is not None else band
-        at = row0 + r0
-        if signs is not None:
-            _fold(out, y * signs[at:at + y.shape[0], None], at)
-        else:
-            out[at:at + y.shape[0]] = y
-    return DeviceMeasure(sq, finite, rows * cols, mx, out)
-
-
-def _numpy_g(cols: int, cache: dict[Any, Any]) -> np.ndarray | None:
-    if cols <= SKETCH_COLS:
-        return None
-    key = ("np-g", cols)
-    if key not in cache:
-        cache[key] = np.random.default_rng([SEED, cols]).standard_normal((cols, SKETCH_COLS)) / math.sqrt(SKETCH_COLS)
-    g: np.ndarray = cache[key]
-    return g
-
-
-def _numpy_signs(rows: int, cache: dict[Any, Any]) -> np.ndarray | None:
-    if rows <= BUCKETS:
-        return None
-    key = ("np-c", rows)
-    if key not in cache:
-        cache[key] = np.random.default_rng([SEED, rows, 1]).choice(np.array([-1.0, 1.0]), rows)
-    signs: np.ndarray = cache[key]
-    return signs
-
-
-def _fold(out: Any, y: Any, r0: int) -> None:
-    """Add signed rows ``r0, r0 + 1, ...`` into bucket ``row % BUCKETS`` (contiguous runs, no scatter)."""
-    r, end = r0, r0 + y.shape[0]
-    while r < end:
-        b0 = r % BUCKETS
-        n = min(BUCKETS - b0, end - r)
-        out[b0:b0 + n] += y[r - r0:r - r0 + n]
-        r += n
-
-
-def _torch_measure(tensor: Any, cache: dict[Any, Any], row0: int, rows_total: int | None) -> DeviceMeasure:
-    import torch
-
-    with torch.no_grad():
-        t = tensor.detach()
-        if t.is_complex():
-            t = t.abs()
-        rows, cols = matrix_shape(tuple(int(d) for d in t.shape))
-        mat = t.reshape(rows, cols)
-        dev = mat.device
-        # Band sums in float32 (float64 for float64 layers; torch sums pairwise), added up in float64.
-        acc = torch.float64 if mat.dtype == torch.float64 else torch.float32
-        sk_dtype = acc
-        total = rows if rows_total is None else rows_total
-        g = _torch_g(cols, dev, sk_dtype, cache)
-        signs = _torch_signs(total, dev, sk_dtype, cache)
-        width = g.shape[1] if g is not None else cols
-        out = torch.zeros((BUCKETS if signs is not None else total, width), dtype=sk_dtype, device=dev)
-        sq = torch.zeros((), dtype=torch.float64, device=dev)
-        finite: Any = torch.zeros((), dtype=torch.int64, device=dev)
-        mx = torch.zeros((), dtype=torch.float64, device=dev)
-        step = _band_rows(cols)
-        for r0 in range(0, rows, step):
+        t = value.detach()
+        t = t.abs() if t.is_complex() else t
+        mat = t.reshape(-1, cols)
+        if not mat.is_floating_point():
+            mat = mat.to(torch.float64)
+        step = max(1, BAND_VALUES // max(1, cols))
+        for r0 in range(0, int(mat.shape[0]), step):
             band = mat[r0:r0 + step]
-            if not band.is_floating_point():
-                band = band.to(torch.float64)
-            if bool(torch.isfinite(band.sum(dtype=acc))):  # the common case: no mask, no copy
-                finite += band.numel()
-            else:
-                finite += torch.isfinite(band).sum()
-                band = torch.nan_to_num(band, nan=0.0, posinf=0.0, neginf=0.0)
-            sq += torch.linalg.vector_norm(band, dtype=acc).to(torch.float64) ** 2
-            if band.numel():
-                lo, hi = torch.aminmax(band)
-                mx = torch.maximum(mx, torch.maximum(hi.abs(), lo.abs()).to(torch.float64))
-            y = band.to(sk_dtype)
-            if g is not None:
-                y = y @ g
-            at = row0 + r0
-            if signs is not None:
-                _fold(out, y * signs[at:at + y.shape[0], None], at)
-            else:
-                out[at:at + y.shape[0]] = y
-            del band, y
-        scalars = torch.stack([sq, finite.to(torch.float64), mx]).cpu().tolist()
-        host = out.to("cpu", torch.float64).numpy()
-    return DeviceMeasure(float(scalars[0]), int(scalars[1]), rows * cols, float(scalars[2]), host)
+            ok = torch.isfinite(band)
+            finite += int(ok.sum())
+            total += band.numel()
+            out.merge(partial_of(torch.where(ok, band, torch.zeros((), dtype=band.dtype, device=band.device)),
+                                 row0 + r0, blocks, sketch=True))
+    else:
+        from mlflow_weightviz.capture._arrays import to_numpy
 
-
-def _torch_g(cols: int, dev: Any, dtype: Any, cache: dict[Any, Any]) -> Any:
-    import torch
-
-    if cols <= SKETCH_COLS:
-        return None
-    key = ("t-g", cols, str(dev), str(dtype))
-    if key not in cache:  # made on the host from the seed, so every device and run sketches alike
-        g = np.random.default_rng([SEED, cols]).standard_normal((cols, SKETCH_COLS)) / math.sqrt(SKETCH_COLS)
-        cache[key] = torch.from_numpy(g).to(device=dev, dtype=dtype)
-    return cache[key]
-
-
-def _torch_signs(rows: int, dev: Any, dtype: Any, cache: dict[Any, Any]) -> Any:
-    import torch
-
-    if rows <= BUCKETS:
-        return None
-    key = ("t-c", rows, str(dev), str(dtype))
-    if key not in cache:
-        signs = _numpy_signs(rows, cache)
-        assert signs is not None
-        cache[key] = torch.from_numpy(signs).to(device=dev, dtype=dtype)
-    return cache[key]
+        arr = to_numpy(value)
+        arr = np.abs(arr) if np.iscomplexobj(arr) else arr
+        mat2 = arr.reshape(-1, cols)
+        step = max(1, BAND_VALUES // max(1, cols))
+        for r0 in range(0, mat2.shape[0], step):
+            nb = mat2[r0:r0 + step]
+            ok2 = np.isfinite(nb)
+            finite += int(ok2.sum())
+            total += nb.size
+            out.merge(partial_of(np.where(ok2, nb, 0), row0 + r0, blocks, sketch=True))
+    peaks = out.peak[~np.isnan(out.peak)]
+    assert out.sketch is not None
+    return DeviceMeasure(float(out.squares.sum()), finite, total, float(np.abs(peaks).max()) if peaks.size else 0.0,
+                         out.sketch)
 
 
 # ---------------------------------------------------------------------------- per layer
@@ -289,25 +191,30 @@ class LiveMetrics:
 
     Args:
         log: Where the metrics go (``None``: measured only, e.g. for tests).
+        grid: The display grid the reduced layers are reduced (and sketched) on.
     """
 
-    def __init__(self, log: MetricLog | None) -> None:
+    def __init__(self, log: MetricLog | None, grid: tuple[int, int] = GRID) -> None:
         self.log = log
+        self.grid = grid
         self._kept: dict[str, _Kept] = {}
-        self._cache: dict[Any, Any] = {}
         self.last: dict[str, StepStats] = {}
 
-    def measure(self, step: int, values: Mapping[str, Any], host: Mapping[str, np.ndarray]) -> dict[str, StepStats]:
+    def measure(self, step: int, values: Mapping[str, Any], host: Mapping[str, np.ndarray],
+                partials: Mapping[str, Partial] | None = None) -> dict[str, StepStats]:
         """Measure ``values`` (layer → full tensor) at ``step``; ``host`` has the layers already copied whole.
 
+        ``partials`` has the block statistics (with their sketch) the snapshot computed
+        for its reduced layers; a reduced layer without one is reduced here.
         Returns the statistics by layer, and sends them to the log.
         """
         out: dict[str, StepStats] = {}
+        partials = partials or {}
         for name, value in values.items():
             if name in host:
                 out[name] = self._exact(name, step, host[name])
             else:
-                out[name] = self._sketched(name, step, value)
+                out[name] = self._sketched(name, step, value, partials.get(name))
         self._send(out)
         return out
 
@@ -366,9 +273,9 @@ class LiveMetrics:
         kept.previous = copy
         return stats
 
-    def _sketched(self, name: str, step: int, value: Any) -> StepStats:
+    def _sketched(self, name: str, step: int, value: Any, partial: Partial | None) -> StepStats:
         shape = tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
-        return self._from_measure(name, step, shape, measure_device(value, self._cache))
+        return self._from_measure(name, step, shape, measure_device(value, plan(shape, *self.grid), partial=partial))
 
     def _from_measure(self, name: str, step: int, shape: tuple[int, ...], m: DeviceMeasure) -> StepStats:
         kept = self._fresh(name, shape, sketched=True)
@@ -377,7 +284,8 @@ class LiveMetrics:
         def estimate(base: np.ndarray | None, base_norm: float) -> float | None:
             if base is None or base_norm <= 0:
                 return None
-            return float(np.linalg.norm(m.sketch - base)) / base_norm
+            d = m.sketch - base
+            return math.sqrt(float(np.square(d).sum())) / base_norm  # not BLAS: no thread pool for a small sum
 
         stats = StepStats(step=step, norm=norm, update_ratio=estimate(kept.previous, kept.previous_norm),
                           drift=estimate(kept.first, kept.first_norm) if kept.first is not None

@@ -50,6 +50,7 @@ from mlflow_weightviz.capture import _distributed
 from mlflow_weightviz.capture._arrays import ndim, snapshot_arrays, source_reader, to_numpy
 from mlflow_weightviz.capture._live import LiveMetrics, MetricLog
 from mlflow_weightviz.capture.chunks import Layout, Segment
+from mlflow_weightviz.capture.reduce import Partial
 from mlflow_weightviz.capture.settings import DEFAULT_CHUNK_STEPS, DEFAULT_MAX_UPLOADS, DOUBLE_EVERY, RecordSettings
 from mlflow_weightviz.errors import OutputError, UsageError, WeightvizError
 from mlflow_weightviz.options import WeightvizWarning
@@ -121,9 +122,9 @@ class Recorder:
         # Training diagnostics, measured at each snapshot and logged in the background (see _live.py).
         self._live: LiveMetrics | None = None
         if self._writes and self.settings.options.outputs.metrics:
-            self._live = LiveMetrics(MetricLog(self._client, self.run_id))
+            self._live = LiveMetrics(MetricLog(self._client, self.run_id), self.settings.grid)
         self._measure_failures = 0
-        self._sketch_cache: dict[Any, Any] = {}  # every rank's sketch matrices, made once per layer shape
+        self._sketch_cache: dict[Any, Any] = {}  # non-None: ranks measure their rows for the metrics
         if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
             self._check_selection()
         self._dir = Path()
@@ -195,11 +196,11 @@ class Recorder:
         if self._sharded:
             return self._capture_sharded(step)
         try:
-            arrays, measured = self._snapshot()
+            arrays, measured, partials = self._snapshot()
         except Exception as err:  # a capture problem never stops training
             self._capture_failed(step, err)
             return False
-        self._measure(step, measured, arrays)
+        self._measure(step, measured, arrays, partials)
         return self._store(step, arrays)
 
     def flush(self) -> list[str]:
@@ -273,17 +274,21 @@ class Recorder:
 
     # -- inside
 
-    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The snapshot's arrays, and the full tensors of the layers recorded (for the metrics)."""
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Partial]]:
+        """The snapshot's arrays, the recorded layers' full tensors and the reduced ones' partials (metrics)."""
         current = self._read()
         names = self._select(current)
         values = {str(k): v for k, v in current.items()}
         settings = self.settings
         chosen = {n: values[n] for n in names}
-        return snapshot_arrays(chosen, dtype=settings.dtype, grid=settings.grid, reduce=settings.reduce,
-                               crops=settings.crops, everything=values), chosen
+        # With metrics on, the reduction also sketches each reduced layer in the same pass (see _live.py).
+        partials: dict[str, Partial] | None = {} if self._live is not None else None
+        arrays = snapshot_arrays(chosen, dtype=settings.dtype, grid=settings.grid, reduce=settings.reduce,
+                                 crops=settings.crops, everything=values, partials=partials)
+        return arrays, chosen, partials or {}
 
-    def _measure(self, step: int, values: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+    def _measure(self, step: int, values: Mapping[str, Any], arrays: Mapping[str, Any],
+                 partials: Mapping[str, Partial]) -> None:
         """Measure the layers on their full tensors and queue the metrics; problems are warnings."""
         if self._live is None:
             return
@@ -291,7 +296,7 @@ class Recorder:
             # Layers stored whole are already on the host (exactly, unless a storage dtype was asked for).
             host = {n: arrays[n] for n in values if n in arrays} if self.settings.dtype is None else {
                 n: to_numpy(values[n]) for n in values if n in arrays}
-            self._live.measure(step, values, host)
+            self._live.measure(step, values, host, partials)
         except Exception as err:
             self._measure_failures += 1
             if self._measure_failures == 1:

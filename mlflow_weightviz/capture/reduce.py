@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,8 @@ import numpy as np
 
 from mlflow_weightviz.grid import matrix_shape
 
-__all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "dtype_name", "is_torch", "metadata_array",
-           "partial_of", "plan", "reduce_layer"]
+__all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "block_sketch", "dtype_name", "is_torch",
+           "metadata_array", "partial_of", "plan", "reduce_layer", "sketch_buckets"]
 
 #: The member of a snapshot file that describes its reduced layers and crops.
 META_KEY = "__weightviz__"
@@ -121,11 +122,14 @@ class Partial:
     squares: np.ndarray
     count: np.ndarray
     peak: np.ndarray
+    #: The block sketch (see :func:`block_sketch`), when asked for; not stored in snapshots.
+    sketch: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, grid: tuple[int, int]) -> Partial:
-        """Statistics of no values."""
-        return cls(np.zeros(grid), np.zeros(grid), np.zeros(grid), np.full(grid, np.nan))
+    def empty(cls, grid: tuple[int, int], sketch: int = 0) -> Partial:
+        """Statistics of no values (with a zero sketch of ``sketch`` buckets per block, if not 0)."""
+        return cls(np.zeros(grid), np.zeros(grid), np.zeros(grid), np.full(grid, np.nan),
+                   np.zeros((grid[0] * sketch, grid[1])) if sketch else None)
 
     def add_rows(self, start: int, total: np.ndarray, squares: np.ndarray, count: np.ndarray,
                  peak: np.ndarray) -> None:
@@ -142,6 +146,10 @@ class Partial:
     def merge(self, later: Partial) -> None:
         """Add another partial of rows that come after this one's."""
         self.add_rows(0, later.total, later.squares, later.count, later.peak)
+        if self.sketch is not None and later.sketch is not None:
+            self.sketch += later.sketch
+        elif later.sketch is not None or self.sketch is not None:
+            self.sketch = None  # one side has none: the sum would be wrong, so there is none
 
     def stats(self) -> dict[str, np.ndarray]:
         """The stored statistics: ``mean``, ``maxabs`` and ``rms`` as float32 arrays."""
@@ -161,17 +169,19 @@ def reduce_layer(value: Any, blocks: BlockPlan) -> dict[str, np.ndarray]:
     return partial_of(value, 0, blocks).stats()
 
 
-def partial_of(value: Any, row0: int, blocks: BlockPlan) -> Partial:
+def partial_of(value: Any, row0: int, blocks: BlockPlan, sketch: bool = False) -> Partial:
     """The block statistics of ``value``: the rows ``row0, row0 + 1, ...`` of the layer's 2-D matrix.
 
     ``value`` is the whole layer (``row0 = 0``) or some of its leading rows, e.g. a shard
     (any shape whose first dimension is rows and the rest flatten to the layer's columns).
+    With ``sketch``, the partial also holds the rows' block sketch (:func:`block_sketch`),
+    computed in the same band pass.
     """
     cols = blocks.matrix[1]
     if is_torch(value):
         tensor = value.detach()
         if tensor.device.type != "cpu" or str(tensor.dtype) not in _NUMPY_FRIENDLY:
-            return _torch_partial(tensor, row0, blocks)
+            return _torch_partial(tensor, row0, blocks, sketch)
         # On the CPU numpy reads the same memory (no copy) and its single-threaded
         # reductions do not pay a thread-pool round trip per call, so they are faster here.
         value = tensor.numpy()
@@ -179,7 +189,7 @@ def partial_of(value: Any, row0: int, blocks: BlockPlan) -> Partial:
 
     arr = value if isinstance(value, np.ndarray) else to_numpy(value)
     rows = int(arr.size // cols) if cols else 0
-    return _numpy_partial(arr.reshape(rows, cols), row0, blocks)
+    return _numpy_partial(arr.reshape(rows, cols), row0, blocks, sketch)
 
 
 def _band_rows(cols: int) -> int:
@@ -189,8 +199,8 @@ def _band_rows(cols: int) -> int:
 # ------------------------------------------------------------------------------ numpy
 
 
-def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan) -> Partial:
-    out = Partial.empty(blocks.grid)
+def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool = False) -> Partial:
+    out = Partial.empty(blocks.grid, sketch_buckets(blocks) if sketch else 0)
     br, bc = blocks.block
     step = _band_rows(mat.shape[1])
     # Bands start on block-row boundaries of the whole matrix, so each adds whole block rows.
@@ -207,21 +217,39 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan) -> Partial:
         g = row0 + a
         head = min(band.shape[0], -g % br)
         whole = (band.shape[0] - head) // br * br
+        sk = out.sketch
         if head:  # the end of a block row begun before these rows
             out.add_rows(g // br, *_numpy_blocks(*_numpy_rows(band[:head], bc, acc), g % br, br))
+            if sk is not None:
+                _numpy_sketch(band[:head], g, blocks, sk)
         if whole:
-            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc))
+            # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
+            rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
+            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch))
         if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
             out.add_rows((g + head + whole) // br,
                          *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
+            if sk is not None:
+                _numpy_sketch(band[head + whole:], g + head + whole, blocks, sk)
     return out
 
 
-def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarray, ...]:
+def _sketch_at(at: int, blocks: BlockPlan, out: np.ndarray) -> Callable[[np.ndarray, int], None]:
+    """Sketch rows given by their offset from row ``at`` (called from the reduction's threads)."""
+
+    def rows(part: np.ndarray, offset: int) -> None:
+        _numpy_sketch(part, at + offset, blocks, out, threaded=False)
+
+    return rows
+
+
+def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
+                 sketch: Callable[[np.ndarray, int], None] | None = None) -> tuple[np.ndarray, ...]:
     """Block statistics of whole block rows.
 
     First down the rows of each block (vectorised over the contiguous columns), then across
-    the columns, a few block rows at a time to stay in the cache.
+    the columns, a few block rows at a time to stay in the cache. ``sketch`` is called on
+    each such group of rows (and its first row's offset in ``band``) while it is there.
     """
     k, cols = band.shape[0] // br, band.shape[1]
     gc = -(-cols // bc)
@@ -251,6 +279,8 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any) -> tuple[np.ndarr
                 found = (s.astype(np.float64), sq, np.broadcast_to(sizes * float(br), (m, gc)), peak)
             for dest, value in zip(out, found, strict=True):
                 dest[i:i + m] = value
+            if sketch is not None:
+                sketch(part, i * br)
 
     starts = range(0, k, step)
     if len(starts) > 1 and band.size >= _THREADED_VALUES:
@@ -328,10 +358,10 @@ def _numpy_blocks(s: np.ndarray, sq: np.ndarray, n: np.ndarray, pk: np.ndarray, 
 # ------------------------------------------------------------------------------ torch
 
 
-def _torch_partial(tensor: Any, row0: int, blocks: BlockPlan) -> Partial:
+def _torch_partial(tensor: Any, row0: int, blocks: BlockPlan, sketch: bool = False) -> Partial:
     import torch
 
-    out = Partial.empty(blocks.grid)
+    out = Partial.empty(blocks.grid, sketch_buckets(blocks) if sketch else 0)
     cols = blocks.matrix[1]
     br, bc = blocks.block
     if tensor.is_complex():
@@ -363,6 +393,8 @@ def _torch_partial(tensor: Any, row0: int, blocks: BlockPlan) -> Partial:
                 host_copy = torch.stack(blocks_dev).to("cpu", torch.float64).numpy()  # the only copy to the host
                 merged = (host_copy[0], host_copy[1], host_copy[2], host_copy[3])
             out.add_rows((row0 + a) // br, *merged)
+            if out.sketch is not None:
+                _torch_sketch(band, row0 + a, blocks, out.sketch)
     return out
 
 
@@ -437,3 +469,136 @@ def _torch_blocks(s: Any, sq: Any, n: Any, pk: Any, skip: int, br: int) -> list[
     peak = pk.gather(1, mag.argmax(1, keepdim=True))[:, 0, :]
     return [s.sum(1), sq.sum(1), n.sum(1), peak]
 
+
+
+# ------------------------------------------------------------------------------ sketch
+
+#: The fixed seed of the block sketch's signs, so every snapshot (and every rank) sketches a layer alike.
+SKETCH_SEED = 20240611
+#: Buckets per block in the sketch: the rows of a block go into this many by row number.
+SKETCH_BUCKETS = 8
+_SIGNS: dict[Any, tuple[Any, Any]] = {}
+
+
+def block_sketch(value: Any, blocks: BlockPlan, row0: int = 0) -> np.ndarray:
+    """The layer's block sketch X, a float64 array of the grid's shape.
+
+    X[k·R + r, c] = Σ s_ij · W_ij over the rows of the block (k, c) whose place in the
+    block is r modulo R,
+    with signs s_ij = A[i, c] · B[k, j] (A: rows × grid columns, B: grid rows × columns,
+    fixed-seed ±1), independent from block to block; R = :func:`sketch_buckets`. X is
+    linear in W, so ‖X(W_t) − X(W_s)‖ estimates ‖W_t − W_s‖ (its square without bias,
+    from R times as many buckets as the grid has blocks), and the sketches of row shards
+    add up to the whole layer's. :func:`partial_of` computes it in the same band pass as
+    the block statistics.
+    """
+    found = partial_of(value, row0, blocks, sketch=True).sketch
+    assert found is not None
+    return found
+
+
+def sketch_buckets(blocks: BlockPlan) -> int:
+    """Buckets per block of a layer's sketch: :data:`SKETCH_BUCKETS`, or fewer for blocks of fewer rows."""
+    return max(1, min(SKETCH_BUCKETS, blocks.block[0]))
+
+
+def _signs(blocks: BlockPlan, make: Any, key: Any) -> tuple[Any, Any]:
+    """The sign tables A (rows × grid columns) and B (grid rows × columns), cached per layer shape and grid."""
+    full = (blocks.matrix, blocks.grid, key)
+    if full not in _SIGNS:
+        if len(_SIGNS) > 256:  # many shapes come and go: start afresh rather than grow without bound
+            _SIGNS.clear()
+        (rows, cols), (gr, gc) = blocks.matrix, blocks.grid
+        rng = np.random.default_rng([SKETCH_SEED, rows, cols, gr, gc])
+        a = rng.integers(0, 2, (rows, gc), dtype=np.int8) * 2 - 1
+        b = rng.integers(0, 2, (gr, cols), dtype=np.int8) * 2 - 1
+        _SIGNS[full] = (make(a), make(b))
+    return _SIGNS[full]
+
+
+def _block_rows_of(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
+    """(block row, first, end) of the rows ``g .. g + n - 1``, as offsets into those rows."""
+    out = []
+    r = 0
+    while r < n:
+        k = (g + r) // br
+        end = min(n, (k + 1) * br - g)
+        out.append((k, r, end))
+        r = end
+    return out
+
+
+def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, threaded: bool = True) -> None:
+    """Add the block sketch of ``band`` (rows ``g, g + 1, ...``) into ``out``."""
+    acc = np.float64 if band.dtype == np.float64 else np.float32
+    a, b = _signs(blocks, lambda x: x.astype(acc), ("np", np.dtype(acc).name))
+    (br, bc), nb = blocks.block, sketch_buckets(blocks)
+    gc = blocks.grid[1]
+
+    def one(item: tuple[int, int, int]) -> None:
+        k, lo, hi = item
+        m = 1
+        if hi - lo > br:  # whole block rows k, k + 1, ... at once
+            m = (hi - lo) // br
+        seg = band[lo:hi]
+        # Per row and block column Σ_j B[k, j] W_ij (rows read while in the cache), then · A[i, c].
+        # (m, blocks, rows, width) @ (m, blocks, width, 1): small matrix-vector products, no temporary of the rows.
+        y = np.concatenate([np.matmul(p.reshape(m, -1, *p.shape[1:]).transpose(0, 2, 1, 3), q[..., None])[..., 0]
+                            for p, q in zip(_split_columns(seg, bc), _split_columns(b[k:k + m], bc), strict=True)],
+                           axis=1).transpose(0, 2, 1)
+        y = y.astype(np.float64) * a[g + lo:g + hi].reshape(m, -1, gc)
+        # Row i of a block goes to bucket (i's place in the block) mod nb: pad to whole cycles, add them up.
+        shift = (g + lo) % br % nb
+        if shift or y.shape[1] % nb:
+            y = np.pad(y, ((0, 0), (shift, -(shift + y.shape[1]) % nb), (0, 0)))
+        out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1).reshape(m * nb, gc)
+
+    items = _sketch_items(band.shape[0], g, br)
+    if threaded and len(items) > 1 and band.size >= _THREADED_VALUES:
+        list(_pool().map(one, items))  # each item writes its own block rows of ``out``
+    else:
+        for item in items:
+            one(item)
+
+
+def _sketch_items(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
+    """The rows ``g .. g + n - 1`` as (first block row, first, end): partial block rows alone, whole ones by a few."""
+    out: list[tuple[int, int, int]] = []
+    group = max(1, CACHE_VALUES // (br * 1024))  # whole block rows sketched together (fewer, larger calls)
+    for k, lo, hi in _block_rows_of(n, g, br):
+        last = out[-1] if out else None
+        whole = hi - lo == br
+        if whole and last is not None and last[2] - last[1] >= br and last[2] == lo \
+                and (last[2] - last[1]) // br < group:
+            out[-1] = (last[0], last[1], hi)
+        else:
+            out.append((k, lo, hi))
+    return out
+
+
+def _torch_sketch(band: Any, g: int, blocks: BlockPlan, out: np.ndarray) -> None:
+    """:func:`_numpy_sketch` with torch on the band's device; only the band's block rows reach the host."""
+    import torch
+
+    acc = torch.float64 if band.dtype == torch.float64 else torch.float32
+    dev = band.device
+    a, b = _signs(blocks, lambda x: torch.from_numpy(x).to(device=dev, dtype=acc), ("torch", str(dev), str(acc)))
+    import torch.nn.functional as F
+
+    bc, nb = blocks.block[1], sketch_buckets(blocks)
+    items = _block_rows_of(int(band.shape[0]), g, blocks.block[0])
+    found = []
+    with torch.no_grad():
+        for k, lo, hi in items:
+            seg = band[lo:hi]
+            y = torch.cat([(p * q).sum(-1, dtype=acc)
+                           for p, q in zip(_split_columns(seg, bc), _split_columns(b[k:k + 1], bc), strict=True)],
+                          dim=1)
+            y = y.to(torch.float64) * a[g + lo:g + hi]
+            shift = (g + lo) % blocks.block[0] % nb
+            y = F.pad(y, (0, 0, shift, -(shift + y.shape[0]) % nb))
+            found.append(y.reshape(-1, nb, y.shape[1]).sum(0))
+        if found:
+            host = torch.stack(found).cpu().numpy()
+            for (k, _, _), x in zip(items, host, strict=True):
+                out[k * nb:(k + 1) * nb] += x
