@@ -32,17 +32,22 @@ def test_fifty_layers_fit_the_default_budget(tmp_path: Path) -> None:
     assert result.extras == ("grid-legend.json",)
     gif = read_gif(tmp_path / "grid.gif")
     width, height = gif.size
-    assert width <= 2048 and width * height <= 4_000_000, gif.size
+    assert width <= 2048, gif.size
+    assert width * height <= 4_000_000, gif.size
     assert gif.n_frames == 3
     legend = json.loads((tmp_path / "grid-legend.json").read_text(encoding="utf-8"))
     assert legend["frame_size"] == [width, height]
     assert legend["mode"] == "compact"
     assert [p["layer"] for p in legend["panels"]] == names  # model order: h.2 before h.10, full names
     by_layer = {p["layer"]: p for p in legend["panels"]}
-    assert by_layer["transformer.h.11.mlp.c_fc.weight"]["label"] in ("h.11.mlp.c_fc", "transformer.h.11.mlp.c_fc.weight")
+    label = by_layer["transformer.h.11.mlp.c_fc.weight"]["label"]
+    assert label in ("h.11.mlp.c_fc", "transformer.h.11.mlp.c_fc.weight")
     for panel in legend["panels"]:  # every panel inside the frame, none overlapping the next in its row
         x, y, w, h = panel["box"]
-        assert 0 <= x and x + w <= width and 0 <= y and y + h <= height
+        assert 0 <= x
+        assert x + w <= width
+        assert 0 <= y
+        assert y + h <= height
     # panels differ between frames: the weights are drawn, not a blank page
     assert not np.array_equal(gif.frames[0], gif.frames[2])
 
@@ -52,12 +57,14 @@ def test_a_small_budget_drops_colorbars_for_one_shared_scale(tmp_path: Path) -> 
     wv.render_file(tmp_path / "w", wv.RenderOptions(grid=True, grid_max_width=400, grid_max_pixels=120_000),
                    output_dir=tmp_path / "o")
     gif = read_gif(tmp_path / "o" / "grid.gif")
-    assert gif.size[0] <= 400 and gif.size[0] * gif.size[1] <= 120_000
+    assert gif.size[0] <= 400
+    assert gif.size[0] * gif.size[1] <= 120_000
     legend = json.loads((tmp_path / "o" / "grid-legend.json").read_text(encoding="utf-8"))
     assert legend["features"] == []  # too small for values, tick labels or colorbars
     assert list(legend["shared_scales"]) == ["RdBu_r"]  # one scale for the one kind of panel
     shared = legend["shared_scales"]["RdBu_r"]
-    assert shared["layers"] == 12 and shared["min"] == -shared["max"]
+    assert shared["layers"] == 12
+    assert shared["min"] == -shared["max"]
     assert all(p["scale"] == [shared["min"], shared["max"]] for p in legend["panels"])
     # the labels are shortened in the middle to fit, the legend keeps the full names
     assert [p["layer"] for p in legend["panels"]] == names
@@ -80,7 +87,8 @@ def test_a_grid_that_fits_keeps_the_layers_own_heatmaps(tmp_path: Path) -> None:
                     [0, 1])
     wv.render_file(tmp_path / "w", wv.RenderOptions(grid=True), output_dir=tmp_path / "o")
     legend = json.loads((tmp_path / "o" / "grid-legend.json").read_text(encoding="utf-8"))
-    assert legend["mode"] == "full" and legend["shared_scales"] == {}
+    assert legend["mode"] == "full"
+    assert legend["shared_scales"] == {}
 
 
 def test_bad_budgets_are_usage_errors(tmp_path: Path) -> None:
@@ -90,7 +98,9 @@ def test_bad_budgets_are_usage_errors(tmp_path: Path) -> None:
         wv.RenderOptions(grid_max_pixels=0)
     write_canonical(tmp_path / "w", {"fc": [np.eye(3)]}, [0])
     cli = run_cli("render-file", str(tmp_path / "w"), "--grid", "--grid-max-width", "10", cwd=tmp_path)
-    assert cli.code == 2 and "grid_max_width" in cli.stderr and "Traceback" not in cli.stderr
+    assert cli.code == 2
+    assert "grid_max_width" in cli.stderr
+    assert "Traceback" not in cli.stderr
 
 
 def test_the_budget_changes_the_fingerprint_of_grid_renders_only() -> None:

@@ -21,7 +21,8 @@ from tests.helpers import artifact_files, log_folder, make_run, run_cli, trainin
 def page_data(path: Path) -> dict[str, Any]:
     """The values the HTML overview shows on hover."""
     text = path.read_text(encoding="utf-8")
-    assert "<img" in text and ".gif" not in text  # the cells are an embedded PNG, no GIF anywhere
+    assert "<img" in text
+    assert ".gif" not in text
     match = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
     assert match is not None
     data: dict[str, Any] = json.loads(match.group(1))
@@ -52,7 +53,8 @@ def test_overview_values_are_the_update_ratios_of_the_snapshots(tmp_path: Path) 
     assert min(data["values"][1][1:]) > max(data["values"][0][1:])
     with Image.open(tmp_path / "out" / "overview.png") as png:
         assert png.format == "PNG"
-        assert 400 <= png.size[0] <= 2400 and 200 <= png.size[1] <= 2400
+        assert 400 <= png.size[0] <= 2400
+        assert 200 <= png.size[1] <= 2400
 
 
 def test_overview_is_off_for_local_renders_unless_asked(tmp_path: Path) -> None:
@@ -125,7 +127,8 @@ def test_record_logs_the_overview_at_the_end(tmp_path: Path) -> None:
             opt.step()
             rec.step(step)
     files = artifact_files(run.info.run_id, "weightviz")
-    assert "weightviz/overview.png" in files and "weightviz/overview.html" in files
+    assert "weightviz/overview.png" in files
+    assert "weightviz/overview.html" in files
     from mlflow.tracking import MlflowClient
 
     page = Path(MlflowClient().download_artifacts(run.info.run_id, "weightviz/overview.html", str(tmp_path)))
@@ -157,7 +160,8 @@ def test_overview_cli_for_a_local_render(tmp_path: Path) -> None:
     assert "also: overview.html, overview.png" in cli.stdout
     assert page_data(tmp_path / "o" / "overview.html")["stat"] == "drift"
     bad = run_cli("render-file", str(tmp_path / "w"), "--overview-stat", "loss", cwd=tmp_path)
-    assert bad.code == 2 and "Traceback" not in bad.stderr
+    assert bad.code == 2
+    assert "Traceback" not in bad.stderr
 
 
 def test_short_names_keep_the_telling_part() -> None:
@@ -180,7 +184,7 @@ def test_model_order_follows_the_snapshots_or_the_numbers() -> None:
 def test_150_layers_by_200_steps_render_readably_and_fast(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     names = [f"transformer.h.{i // 12}.block{i % 12}.weight" for i in range(150)]
-    per_layer = {n: [stats.StepStats(step=s * 10, norm=1.0, update_ratio=None if s == 0 else float(rng.lognormal(-6, 1)),
+    per_layer = {n: [stats.StepStats(step=s * 10, norm=1.0, update_ratio=float(rng.lognormal(-6, 1)) if s else None,
                                      drift=0.1, max_abs=1.0, rms=1.0, nonfinite=0.0) for s in range(200)]
                  for n in names}
     start = time.perf_counter()
@@ -189,6 +193,7 @@ def test_150_layers_by_200_steps_render_readably_and_fast(tmp_path: Path) -> Non
     assert elapsed < 10, elapsed
     with Image.open(png) as im:
         width, height = im.size
-    assert 1000 <= width <= 2600 and 1500 <= height <= 2600  # every row at least 11 pixels high
+    assert 1000 <= width <= 2600
+    assert 1500 <= height <= 2600
     assert page.stat().st_size < 2_000_000
     assert len(page_data(page)["values"]) == 150
