@@ -37,8 +37,9 @@ args = parser.parse_args()
 
 torch.manual_seed(0)
 width = 768 // args.scale
-config = GPT2Config(n_layer=12, n_embd=width, n_head=max(1, 12 // args.scale), n_positions=64,
-                    vocab_size=4096 // args.scale)
+vocab = 4096 // args.scale
+config = GPT2Config(n_layer=12, n_embd=width, n_head=max(1, 12 // args.scale), n_positions=64, vocab_size=vocab,
+                    bos_token_id=vocab - 1, eos_token_id=vocab - 1)
 model = GPT2LMHeadModel(config)
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
 
