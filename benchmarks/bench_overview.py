@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +98,8 @@ def run_grid(code: Path, snapshots: Path, out: Path) -> dict[str, object]:
                           check=False)
     line = next((x for x in proc.stderr.splitlines() if x.startswith("BENCH ")), None)
     if line is None or not out.is_file():
-        raise RuntimeError(f"render failed with {code}:\n{proc.stderr[-3000:]}")
+        msg = f"render failed with {code}:\n{proc.stderr[-3000:]}"
+        raise RuntimeError(msg)
     _, seconds, rss = line.split()
     from PIL import Image
 
