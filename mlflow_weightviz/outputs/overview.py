@@ -187,6 +187,10 @@ class _Scale:
         return np.asarray(self.cmap(self.norm(np.ma.masked_invalid(self.shown))))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _fmt(value: float) -> str:
     return "" if not math.isfinite(value) else f"{value:.2g}"
 
@@ -215,11 +219,12 @@ def _write_png(data: OverviewData, scale: _Scale, path: Path) -> None:
     right = 16 + 14 + 8 * tick_px * _CHAR_EM + 24 + tick_px * 1.6
     bottom = tick_px * 1.4 + 14 + tick_px * 1.5 + 10
     grid_w, grid_h = m * cell_w, n * cell_h
-    title = f"{_TITLES[data.stat]}  ·  {len(data.layers)} layers × {len(data.steps)} steps"
+    title = f"{_TITLES[data.stat]}  ·  {_count(len(data.layers), 'layer')} × {_count(len(data.steps), 'step')}"
     note = data.note()
     title_w = max(len(title) * title_pt, len(note) * 9) * _DPI / 72 * _CHAR_EM * 0.92 + 32
     width = math.ceil(max(left + grid_w + right, title_w, 480))
-    height = math.ceil(top + max(grid_h, 120) + bottom)
+    bar_h = max(grid_h, 160)  # a colorbar readable even for one layer
+    height = math.ceil(top + bar_h + bottom)
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((left / width, (height - top - grid_h) / height, grid_w / width, grid_h / height))
@@ -248,8 +253,8 @@ def _write_png(data: OverviewData, scale: _Scale, path: Path) -> None:
                 if text:
                     ax.text(j, i, text, ha="center", va="center", fontsize=7, parse_math=False,
                             color="#262626" if dark[i, j] or not np.isfinite(scale.shown[i, j]) else "#ffffff")
-    cax = fig.add_axes(((left + grid_w + 16) / width, (height - top - grid_h) / height, 14 / width,
-                        grid_h / height))
+    cax = fig.add_axes(((left + grid_w + 16) / width, (height - top - bar_h) / height, 14 / width,
+                        bar_h / height))
     cbar = fig.colorbar(image, cax=cax)
     cbar.outline.set_visible(False)
     cax.tick_params(labelsize=tick_pt)
@@ -284,7 +289,8 @@ def _write_html(data: OverviewData, scale: _Scale, path: Path) -> None:
     n, m = data.values.shape
     cell_h = int(np.clip(1600 // max(n, 1), 12, 24))
     cell_w = int(np.clip(1600 // max(m, 1), 5, 48))
-    title = f"{_TITLES[data.stat]} · {n} layers × {m} steps · {'log' if scale.log else 'linear'} scale"
+    kind = "log" if scale.log else "linear"
+    title = f"{_TITLES[data.stat]} · {_count(n, 'layer')} × {_count(m, 'step')} · {kind} scale"
     rows = "".join(f'<div title="{html.escape(full)}">{html.escape(short)}</div>'
                    for full, short in zip(data.layers, data.labels, strict=True))
     step_chars = max((len(str(s)) for s in data.steps), default=1)
