@@ -261,7 +261,10 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         # where record() logged them while training they are read back, not recomputed.
         layer_stats = None
         if options.outputs.overview or (options.outputs.overview is None and run_sink is not None):
-            logged = (stats.read_logged(src.client, src.run_id, layers) if isinstance(src, RunSource) else None)
+            logged = None
+            if isinstance(src, RunSource):
+                with _tracking.translate(f"reading the metrics of run {src.run_id}"):
+                    logged = stats.read_logged(src.client, src.run_id, layers)
             layer_stats = stats.collect(layers, logged)
         if out is not None and len(layers) != 1 and not options.outputs.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
