@@ -257,15 +257,6 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
             from mlflow_weightviz.outputs.overview import model_order
 
             layers = {name: layers[name] for name in model_order(list(layers), [s.layer for s in snapshots])}
-        # The per-layer statistics, computed once for everything that shows them (the overview);
-        # where record() logged them while training they are read back, not recomputed.
-        layer_stats = None
-        if options.outputs.overview or (options.outputs.overview is None and run_sink is not None):
-            logged = None
-            if isinstance(src, RunSource):
-                with _tracking.translate(f"reading the metrics of run {src.run_id}"):
-                    logged = stats.read_logged(src.client, src.run_id, layers)
-            layer_stats = stats.collect(layers, logged)
         if out is not None and len(layers) != 1 and not options.outputs.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
                    "pick one with --layer or use --output-dir")
@@ -274,6 +265,16 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         staging.mkdir()
         results, step_writers = _render_all(layers, options, staging, workdir=workdir, progress=progress,
                                             caption=caption, workers=workers)
+        # The per-layer statistics, computed once for everything that shows them (the overview);
+        # where record() logged them while training they are read back, not recomputed. After the
+        # render, so bad snapshots fail with the render's own errors before any extra work.
+        layer_stats = None
+        if options.outputs.overview or (options.outputs.overview is None and run_sink is not None):
+            logged = None
+            if isinstance(src, RunSource):
+                with _tracking.translate(f"reading the metrics of run {src.run_id}"):
+                    logged = stats.read_logged(src.client, src.run_id, layers)
+            layer_stats = stats.collect(layers, logged)
         if layer_stats is not None:
             _write_overview(layer_stats, options, [s.layer for s in snapshots], staging, results)
         del snapshots
