@@ -96,7 +96,8 @@ def rerender_after_restart(srv: MlflowServer, run_id: str, cwd: Path, layers: in
     # left; its process is gone, so the claim is void for a renderer on this host.
     cli = run_isolated("render", run_id, "--tracking-uri", srv.url, "--quiet", cwd=cwd)
     assert cli.code == 0, cli.stderr
-    assert len(cli.stdout.splitlines()) == layers
+    assert len(cli.stdout.splitlines()) == layers + 1  # one line per layer, and the overview's
+    assert cli.stdout.splitlines()[-1] == "also: overview.html, overview.png"
     tags = weightviz_tags(srv.url, run_id)
     assert tags["weightviz.status"] == "rendered"
     assert len(tags["weightviz.fingerprint"]) == 32
