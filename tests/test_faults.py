@@ -101,7 +101,7 @@ def rerender_after_restart(srv: MlflowServer, run_id: str, cwd: Path, layers: in
     tags = weightviz_tags(srv.url, run_id)
     assert tags["weightviz.status"] == "rendered"
     assert len(tags["weightviz.fingerprint"]) == 32
-    assert len(artifact_files(run_id, "weightviz", uri=srv.url)) == layers
+    assert len(artifact_files(run_id, "weightviz", uri=srv.url)) == layers + 2  # with overview.png/.html
     assert MlflowClient(srv.url).get_run(run_id).info.status == "FINISHED"
 
 
