@@ -28,7 +28,18 @@ from mlflow_weightviz.errors import (
     Terminated,
     WeightvizError,
 )
-from mlflow_weightviz.options import DEFAULT_FRAME_MS, DEFAULT_HOLD_LAST_MS, Format, Pool, RenderOptions, Scale, View
+from mlflow_weightviz.options import (
+    DEFAULT_FRAME_MS,
+    DEFAULT_HOLD_LAST_MS,
+    GRID_MAX_PIXELS,
+    GRID_MAX_WIDTH,
+    Format,
+    OverviewStat,
+    Pool,
+    RenderOptions,
+    Scale,
+    View,
+)
 from mlflow_weightviz.tags import Status
 
 app = typer.Typer(
@@ -105,6 +116,16 @@ def _render_option_params(
     metrics: Annotated[bool, typer.Option(
         "--metrics/--no-metrics", help="(render) Log each layer's norm, update ratio, drift, max |w|, RMS and "
         "non-finite fraction as run metrics weightviz/<layer>/<stat>.")] = True,
+    grid_max_width: Annotated[int, typer.Option(
+        help="Widest --grid frame in pixels; panels shrink to fit.")] = GRID_MAX_WIDTH,
+    grid_max_pixels: Annotated[int, typer.Option(
+        help="Most pixels of a --grid frame (about); panels shrink to fit.")] = GRID_MAX_PIXELS,
+    overview: Annotated[Optional[bool], typer.Option(
+        "--overview/--no-overview", help="Also make overview.png/.html (one row per layer, one column per step); "
+        "by default only when logging to a run.")] = None,
+    overview_stat: Annotated[OverviewStat, typer.Option(
+        help="What the overview colours: update_ratio (log scale), drift, rms or norm.")]
+    = OverviewStat.UPDATE_RATIO,
 ) -> RenderOptions:
     del allow_pickle, workers  # not render options: the commands pass them on (see _Options.run_args)
     return RenderOptions(
@@ -113,6 +134,7 @@ def _render_option_params(
         col_label=col_label, frame_ms=frame_ms, fps=fps, hold_last_ms=hold_last_ms, loop=None if loop < 0 else loop,
         max_frames=max_frames, dpi=dpi, size=size, view=view,
         formats=tuple(output_format or (Format.GIF,)), caption_metric=caption_metric, grid=grid, metrics=metrics,
+        grid_max_width=grid_max_width, grid_max_pixels=grid_max_pixels, overview=overview, overview_stat=overview_stat,
         step_images=step_images_every if step_images_every is not None else (1 if step_images else None))
 
 
@@ -275,6 +297,8 @@ def _report(result: Any) -> None:
         extra = [f for f in layer.files if f != layer.file_name]
         typer.echo(f"{layer.layer}: {layer.frames} frames, grid {layer.grid[0]}×{layer.grid[1]} → "
                    f"{', '.join(where) or layer.file_name}" + (f" (+ {', '.join(extra)})" if extra else ""))
+    if result.extras:
+        typer.echo(f"also: {', '.join(result.extras)}")
 
 
 # ------------------------------------------------------------------------ commands
@@ -330,7 +354,8 @@ def render_file(
 
 
 @app.command()
-@with_render_options_except("step_images", "step_images_every", "caption_metric", "grid", "workers", "metrics", "size")
+@with_render_options_except("step_images", "step_images_every", "caption_metric", "grid", "workers", "metrics", "size",
+                            "grid_max_width", "grid_max_pixels", "overview", "overview_stat")
 def compare(
     run_ids: Annotated[list[str], typer.Argument(help="The runs to compare, 2 to 8, in panel order.")],
     options: _Options,

@@ -12,8 +12,8 @@ from typing import Any
 from mlflow_weightviz.errors import UsageError
 
 __all__ = ["DEFAULT_FRAME_MS", "DEFAULT_HOLD_LAST_MS", "MAX_DPI", "MAX_FRAME_MS", "MAX_GRID", "MAX_SIZE", "MIN_DPI",
-           "MIN_FRAME_MS", "MIN_SIZE", "Format", "GifOptions", "LookOptions", "OutputOptions", "Pool", "RenderOptions",
-           "Scale", "View", "WeightvizWarning", "frame_size", "span"]
+           "MIN_FRAME_MS", "MIN_SIZE", "Format", "GifOptions", "LookOptions", "OutputOptions", "OverviewStat", "Pool",
+           "RenderOptions", "Scale", "View", "WeightvizWarning", "frame_size", "span"]
 
 #: Browsers play GIF delays of 10 ms or less as 100 ms, so 20 ms is the shortest safe delay.
 MIN_FRAME_MS = 20
@@ -63,6 +63,23 @@ class Format(str, enum.Enum):
     GIF = "gif"
     HTML = "html"
     MP4 = "mp4"
+
+
+class OverviewStat(str, enum.Enum):
+    """The per-layer statistic coloured in the layers × steps overview (see :mod:`mlflow_weightviz.stats`)."""
+
+    UPDATE_RATIO = "update_ratio"
+    DRIFT = "drift"
+    RMS = "rms"
+    NORM = "norm"
+
+
+#: The ``--grid`` montage's default size budget: frame width and pixels per frame.
+GRID_MAX_WIDTH = 2048
+GRID_MAX_PIXELS = 4_000_000
+#: The smallest budget accepted: below it not even a bare panel per layer can be drawn.
+_MIN_GRID_WIDTH = 320
+_MIN_GRID_PIXELS = 100_000
 
 
 def _round_delay(ms: float) -> int:
@@ -224,6 +241,14 @@ class OutputOptions:
             ``update_ratio``, ``drift``, ``max_abs``, ``rms``, ``nonfinite``) as run metrics,
             one per snapshot step (see docs/metrics.md). Only when rendering to a run;
             metrics the run already has are not logged again.
+        overview: Also make the layers × steps overview, ``overview.png`` and ``overview.html``.
+            ``None`` (default) makes it when the render logs to a run; ``True`` also for
+            local renders (``render_file``, ``--output-dir``); ``False`` never.
+        overview_stat: The statistic the overview colours: ``update_ratio`` (default, log
+            scale), ``drift``, ``rms`` or ``norm``.
+        grid_max_width: The ``--grid`` frame is at most this many pixels wide.
+        grid_max_pixels: And has at most about this many pixels; panels shrink to fit,
+            dropping what cannot be read at their size.
     """
 
     formats: tuple[Format, ...] = (Format.GIF,)
@@ -231,6 +256,10 @@ class OutputOptions:
     step_images: int | None = None
     caption_metric: str | None = None
     metrics: bool = True
+    overview: bool | None = None
+    overview_stat: OverviewStat = OverviewStat.UPDATE_RATIO
+    grid_max_width: int = GRID_MAX_WIDTH
+    grid_max_pixels: int = GRID_MAX_PIXELS
 
     def __post_init__(self) -> None:
         given: Any = self.formats  # a single "gif" is accepted too
@@ -245,6 +274,12 @@ class OutputOptions:
         if self.caption_metric is not None and not self.caption_metric.strip():
             msg = "caption_metric must be a metric name such as 'loss'; got an empty name"
             raise UsageError(msg)
+        object.__setattr__(self, "overview_stat", _enum(OverviewStat, self.overview_stat, "overview_stat"))
+        for name, low in (("grid_max_width", _MIN_GRID_WIDTH), ("grid_max_pixels", _MIN_GRID_PIXELS)):
+            value = getattr(self, name)
+            if not (_finite(value) and value == int(value) and value >= low):
+                msg = f"{name} must be a whole number of at least {low}; got {value}"
+                raise UsageError(msg)
         if self.grid and Format.HTML in self.formats:
             msg = ("--grid draws all layers into one GIF or MP4, but the HTML player shows one layer: "
                    "use --format gif/mp4 with --grid, or drop --grid")
@@ -352,6 +387,13 @@ class RenderOptions:
                 out[name] = list(getattr(self.look, name))
         if not self.outputs.metrics:  # only when off: renders from before metrics keep their fingerprint
             out["metrics"] = False
+        # Also only when they differ from the default, so renders made before the overview keep theirs.
+        if self.outputs.overview is not None:
+            out["overview"] = self.outputs.overview
+        if self.outputs.overview is not False and self.outputs.overview_stat is not OverviewStat.UPDATE_RATIO:
+            out["overview_stat"] = self.outputs.overview_stat.value
+        if self.outputs.grid:  # the budgeted montage differs from the one drawn before it: render it again
+            out["grid_budget"] = [self.outputs.grid_max_width, self.outputs.grid_max_pixels]
         return out
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_weightviz import __version__, _tracking, outputs
+from mlflow_weightviz import __version__, _tracking, outputs, stats
 from mlflow_weightviz.automation import claims
 from mlflow_weightviz.encoders import (
     Animation,
@@ -87,6 +87,7 @@ class RenderResult:
     fingerprint: str | None = None
     artifact_paths: tuple[str, ...] = field(default=())
     claimed_by: str | None = None
+    extras: tuple[str, ...] = ()  # the render's own files besides the layers': overview.png, grid-legend.json...
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
             # The run has its GIFs; the local copies asked for are drawn here, nothing is logged.
             local = _render_source(src, options, out=out, output_dir=output_dir, progress=progress,
                                    workers=workers, allow_pickle=allow_pickle, fetched=fetched)
-            return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest)
+            return RenderResult(Status.UP_TO_DATE, local.layers, run_id, digest, extras=local.extras)
         # One renderer per run at a time (see automation/claims.py); local-only renders need no claim.
         with claims.claim_run(client, run_id, enabled=log) as claim:
             if log and not force and claim.tags.get(TAG_FINGERPRINT) == digest:
@@ -209,7 +210,7 @@ def render_run(run_id: str, options: RenderOptions | None = None, *, source: str
                                         fetched=fetched)
             except ClaimLostError as lost:
                 return RenderResult(Status.CLAIMED, run_id=run_id, fingerprint=digest, claimed_by=str(lost))
-    return RenderResult(Status.RENDERED, result.layers, run_id, digest, result.artifact_paths)
+    return RenderResult(Status.RENDERED, result.layers, run_id, digest, result.artifact_paths, extras=result.extras)
 
 
 def render_file(path: str | os.PathLike[str], options: RenderOptions | None = None, *,
@@ -383,7 +384,12 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
     with tempfile.TemporaryDirectory(prefix="weightviz-") as tmp:
         workdir = Path(tmp)
         local = fetched if fetched is not None else src.fetch(workdir)
-        layers = group_layers(read_snapshots(local, allow_pickle=allow_pickle, root_name=src.name), options.layers)
+        snapshots = read_snapshots(local, allow_pickle=allow_pickle, root_name=src.name)
+        layers = group_layers(snapshots, options.layers)
+        if options.outputs.grid:  # panels in model order, as the overview's rows
+            from mlflow_weightviz.outputs.overview import model_order
+
+            layers = {name: layers[name] for name in model_order(list(layers), [s.layer for s in snapshots])}
         if out is not None and len(layers) != 1 and not options.outputs.grid:
             msg = (f"--out writes one GIF but {len(layers)} layers were found ({', '.join(layers)}); "
                    "pick one with --layer or use --output-dir")
@@ -394,6 +400,18 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         batch = _metrics_batch(run_sink, layers) if run_sink is not None and options.outputs.metrics else None
         results, step_writers = _render_all(layers, options, staging, workdir=workdir, progress=progress,
                                             caption=caption, workers=workers, metrics=batch)
+        # The overview shows the same statistics the metrics log: one stats.collect per render
+        # (where record() logged them while training they are read back, not recomputed).
+        if options.outputs.overview or (options.outputs.overview is None and run_sink is not None):
+            layer_stats = batch.stats if batch is not None else None
+            if layer_stats is None:
+                logged = None
+                if isinstance(src, RunSource):
+                    with _tracking.translate(f"reading the metrics of run {src.run_id}"):
+                        logged = stats.read_logged(src.client, src.run_id, layers)
+                layer_stats = stats.collect(layers, logged)
+            _write_overview(layer_stats, options, [s.layer for s in snapshots], staging, results)
+        del snapshots
         staged = {r.layer: staging / r.file_name for r in results}
         outputs.warn_if_too_big([staging / f for r in results for f in r.files])
         local_paths = LocalSink(Path(out) if out is not None else None,
@@ -401,6 +419,12 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
         outputs.copy_extras({f: staging / f for r in results for f in r.files if f != r.file_name},
                             out=Path(out) if out is not None else None,
                             output_dir=Path(output_dir) if output_dir is not None else None)
+        # The render's own files (overview, grid legend) go into --output-dir, or beside --out.
+        owned = {f for r in results for f in r.files}
+        extras = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name not in owned)
+        if out is not None or output_dir is not None:
+            folder = Path(output_dir) if output_dir is not None else Path(out or ".").parent
+            LocalSink(output_dir=folder).deliver({name: staging / name for name in extras})
         artifact_paths: list[str] = []
         if run_sink is not None:
             tags = {TAG_PREFIX + k: v for k, v in (tags_base or {}).items()}
@@ -425,7 +449,7 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
                         artifact_path=f"{run_sink.artifact_path}/{r.file_name}" if run_sink else None,
                         local_path=local_paths.get(r.layer), files=r.files)
             for r in results)
-        return RenderResult(Status.RENDERED, final, artifact_paths=tuple(artifact_paths))
+        return RenderResult(Status.RENDERED, final, artifact_paths=tuple(artifact_paths), extras=tuple(extras))
 
 
 def render_layers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, staging: Path, *,
@@ -666,7 +690,7 @@ def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOption
                  steps_dir: Path | None, step_writers: dict[str, StepImageWriter], progress: ProgressCallback | None,
                  caption: Caption | None, metrics: MetricsBatch | None = None) -> LayerResult:
     """All layers side by side (``--grid``) through the same frame loop and writers."""
-    from mlflow_weightviz.outputs.montage import Montage
+    from mlflow_weightviz.outputs.montage import LEGEND_FILE, Montage
 
     writers, steps = _writers("grid", options, staging, steps_dir, None, metrics, tuple(layers))
     if steps is not None:
@@ -691,6 +715,8 @@ def _render_grid(layers: Mapping[str, Sequence[Snapshot]], options: RenderOption
                 progress(done, len(montage.steps))
 
         write_frames(Animation("grid", montage.steps, montage.size), frames(), writers, tick)
+        legend = montage.legend()
+    (staging / LEGEND_FILE).write_text(json.dumps(legend, indent=1), encoding="utf-8")
     names = _files(options.outputs.formats, "grid")
     return LayerResult("grid", len(montage.steps), montage.steps, (len(montage.names),), montage.panels, names[0],
                        files=names)
@@ -736,6 +762,30 @@ def _render_comparison(layer: str, runs: Mapping[str, Sequence[Snapshot]], optio
 
         count = write_frames(Animation(layer, comparison.steps, comparison.size), frames(), writers, tick)
     return count, comparison.steps, comparison.grid
+
+
+def _write_overview(layer_stats: Mapping[str, Sequence[stats.StepStats]], options: RenderOptions,
+                    first_seen: Sequence[str], staging: Path, results: Sequence[LayerResult]) -> None:
+    """``overview.png`` and ``overview.html`` into staging, unless a layer's own file has the name."""
+    from mlflow_weightviz.outputs.overview import (
+        OVERVIEW_HTML,
+        OVERVIEW_PNG,
+        model_order,
+        overview_data,
+        write_overview,
+    )
+
+    taken = {f for r in results for f in r.files} & {OVERVIEW_PNG, OVERVIEW_HTML}
+    if taken:
+        import warnings
+
+        from mlflow_weightviz.options import WeightvizWarning
+
+        warnings.warn(f"no overview: a layer's own file is called {', '.join(sorted(taken))}; use --no-overview "
+                      "or rename the layer", WeightvizWarning, stacklevel=4)
+        return
+    order = model_order(list(layer_stats), first_seen)
+    write_overview(overview_data(layer_stats, options.outputs.overview_stat, order), staging)
 
 
 def _player(prepared: PreparedLayer, options: RenderOptions, spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,15 @@ def artifact_files(run_id: str, path: str = "", uri: str | None = None) -> list[
     return sorted(out)
 
 
+#: What a render logs besides the layers' GIFs: the layers × steps overview.
+OVERVIEW_FILES = ("overview.html", "overview.png")
+
+
+def with_overview(files: Sequence[str], folder: str = "weightviz") -> list[str]:
+    """``files`` (artifact paths) and the overview a render logs beside them, sorted."""
+    return sorted([*files, *(f"{folder}/{name}" for name in OVERVIEW_FILES)])
+
+
 def run_isolated(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300) -> Cli:
     """Run the CLI with its own TMPDIR and check that it leaves nothing in it."""
     tmpdir = cwd / "tmpdir"

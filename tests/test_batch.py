@@ -11,7 +11,16 @@ import pytest
 import mlflow_weightviz as wv
 from mlflow_weightviz.automation import render_experiment
 from tests.conftest import MlflowServer
-from tests.helpers import artifact_files, log_folder, make_run, read_gif, run_cli, training_series, write_canonical
+from tests.helpers import (
+    artifact_files,
+    log_folder,
+    make_run,
+    read_gif,
+    run_cli,
+    training_series,
+    with_overview,
+    write_canonical,
+)
 
 pytestmark = pytest.mark.server
 
@@ -82,7 +91,7 @@ def test_batch_mixed_experiment_then_rerun_does_nothing(server_uri: str, mlflow_
     assert broken in failed_table
     assert "step_0.npz" in failed_table
     for run_id in (fresh, killed):
-        assert artifact_files(run_id, "weightviz", uri=server_uri) == ["weightviz/fc.gif"]
+        assert artifact_files(run_id, "weightviz", uri=server_uri) == with_overview(["weightviz/fc.gif"])
         assert tags(server_uri, run_id)["weightviz.status"] == "rendered"
     for run_id in (empty, broken, running):
         assert artifact_files(run_id, "weightviz", uri=server_uri) == []
@@ -187,5 +196,5 @@ def test_stop_request_starts_no_new_run(server_uri: str, tmp_path: Path) -> None
     assert sorted(o.status for o in report.outcomes) == ["cancelled", "cancelled", "rendered"]
     assert {o.run_id for o in report.outcomes} == runs
     for o in report.outcomes:
-        expected = ["weightviz/fc.gif"] if o.status == "rendered" else []
+        expected = with_overview(["weightviz/fc.gif"]) if o.status == "rendered" else []
         assert artifact_files(o.run_id, "weightviz", uri=server_uri) == expected

@@ -40,3 +40,16 @@ def test_benchmark_smoke_writes_its_report(tmp_path: Path) -> None:
     assert all(d["seconds"]["sequential"] > 0 and d["seconds"]["project"] > 0 for d in raw["downloads"])
     assert not (REPO / "benchmarks" / "RESULTS.md").exists() or "SMOKE" not in (
         REPO / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_overview_benchmark_smoke_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "overview.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_overview.py"), "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## Overview: 30 layers × 40 snapshots" in out.read_text(encoding="utf-8")
+    raw = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert raw["overview"]["size"][0] > 0
+    assert [row["layers"] for row in raw["grid"]] == [4, 8]
+    assert all(row["size"][0] <= 2048 and row["rss_mb"] > 0 for row in raw["grid"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlflow_weightviz as wv
-from tests.helpers import artifact_files, read_gif
+from tests.helpers import artifact_files, read_gif, with_overview
 
 # Shared with test_capture: reading chunks back, Keras on torch, and the autouse check that recorders get closed.
 from tests.test_capture import chunk_contents, keras_module, no_recorder_left_open  # noqa: F401
@@ -47,8 +47,8 @@ def test_keras_callback_records_every_epoch_and_renders_at_train_end(server_uri:
     assert sorted(contents[3]) == ["net/hidden/kernel", "net/out/kernel"]
     np.testing.assert_array_equal(contents[3]["net/out/kernel"], model.get_layer("out").kernel.value.detach().numpy())
     assert not np.array_equal(contents[0]["net/out/kernel"], contents[3]["net/out/kernel"])
-    assert artifact_files(run_id, "weightviz", server_uri) == ["weightviz/net_hidden_kernel.gif",
-                                                               "weightviz/net_out_kernel.gif"]
+    assert artifact_files(run_id, "weightviz", server_uri) == with_overview(["weightviz/net_hidden_kernel.gif",
+                                                               "weightviz/net_out_kernel.gif"])
     assert callback.result is not None
     assert [layer.frames for layer in callback.result.layers] == [2, 2]
 
@@ -85,7 +85,7 @@ def test_keras_failure_mid_fit_still_leaves_snapshots_and_gifs() -> None:
     with mlflow.start_run() as run, pytest.raises(RuntimeError, match="loss diverged"):
         fit()
     assert sorted(chunk_contents(run.info.run_id)) == [0, 1, 2]
-    assert artifact_files(run.info.run_id, "weightviz") == ["weightviz/net_out_kernel.gif"]
+    assert artifact_files(run.info.run_id, "weightviz") == with_overview(["weightviz/net_out_kernel.gif"])
 
 
 def test_callback_arguments_are_checked_when_made() -> None:
@@ -156,8 +156,8 @@ def test_lightning_callback_uses_the_mlflow_logger_run(server_uri: str) -> None:
     contents = chunk_contents(run_id, uri=server_uri)
     assert sorted(contents) == [0, 2, 4, 6, 8]  # 4 steps per epoch, 2 epochs
     np.testing.assert_array_equal(contents[8]["hidden.weight"], module.hidden.weight.detach().numpy())
-    assert artifact_files(run_id, "weightviz", server_uri) == ["weightviz/hidden.weight.gif",
-                                                               "weightviz/out.weight.gif"]
+    assert artifact_files(run_id, "weightviz", server_uri) == with_overview(["weightviz/hidden.weight.gif",
+                                                               "weightviz/out.weight.gif"])
 
 
 @pytest.mark.filterwarnings(*LIGHTNING_NOISE)
@@ -170,7 +170,8 @@ def test_lightning_exception_renders_through_on_exception() -> None:
         trainer(callback, logger=False).fit(module, loader)
     assert sorted(chunk_contents(run.info.run_id)) == [0, 2, 4]
     assert sorted(chunk_contents(run.info.run_id)[4]) == ["out.bias", "out.weight"]
-    assert artifact_files(run.info.run_id, "weightviz") == ["weightviz/out.bias.gif", "weightviz/out.weight.gif"]
+    assert artifact_files(run.info.run_id, "weightviz") == with_overview(["weightviz/out.bias.gif",
+                                                                          "weightviz/out.weight.gif"])
 
 
 @pytest.mark.filterwarnings(*LIGHTNING_NOISE)
@@ -223,8 +224,8 @@ def test_transformers_callback_records_into_the_run_report_to_mlflow_starts(tmp_
     assert sorted(contents[6]) == ["bert.encoder.layer.0.attention.self.query.weight", "classifier.weight"]
     np.testing.assert_array_equal(contents[6]["classifier.weight"], model.classifier.weight.detach().numpy())
     gifs = artifact_files(run.info.run_id, "weightviz", server_uri)
-    assert gifs == ["weightviz/bert.encoder.layer.0.attention.self.query.weight.gif",
-                    "weightviz/classifier.weight.gif"]
+    assert gifs == with_overview(["weightviz/bert.encoder.layer.0.attention.self.query.weight.gif",
+                                  "weightviz/classifier.weight.gif"])
     local = MlflowClient().download_artifacts(run.info.run_id, gifs[1])
     assert read_gif(Path(local)).n_frames == 2
 
@@ -250,4 +251,4 @@ def test_transformers_failure_inside_with_callback_still_renders(tmp_path: Path)
     with mlflow.start_run() as run, pytest.raises(MemoryError, match="out of memory"):
         train()
     assert sorted(chunk_contents(run.info.run_id)) == [0, 2]
-    assert artifact_files(run.info.run_id, "weightviz") == ["weightviz/classifier.weight.gif"]
+    assert artifact_files(run.info.run_id, "weightviz") == with_overview(["weightviz/classifier.weight.gif"])

@@ -16,7 +16,7 @@ import pytest
 import mlflow_weightviz as wv
 from mlflow_weightviz.capture import recorder as recorder_module
 from mlflow_weightviz.capture import to_numpy
-from tests.helpers import artifact_files, make_run, read_gif
+from tests.helpers import artifact_files, make_run, read_gif, with_overview
 
 
 def keras_module() -> Any:
@@ -208,7 +208,8 @@ def test_record_torch_on_real_server_renders_gifs_at_the_end(server_uri: str) ->
         assert MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"  # record leaves status alone
     run_id = run.info.run_id
     assert sorted(chunk_contents(run_id, uri=server_uri)) == [0, 5, 10, 15, 20]
-    assert artifact_files(run_id, "weightviz", server_uri) == ["weightviz/0.weight.gif", "weightviz/2.weight.gif"]
+    assert artifact_files(run_id, "weightviz", server_uri) == with_overview(["weightviz/0.weight.gif",
+                                                                             "weightviz/2.weight.gif"])
     assert rec.result is not None
     assert rec.result.status == "rendered"
     local = MlflowClient().download_artifacts(run_id, "weightviz/2.weight.gif")
@@ -225,7 +226,7 @@ def test_exception_mid_training_still_leaves_snapshots_and_gifs(server_uri: str)
             train_steps(model, 100, rec.step, fail_at=11)
     run_id = run.info.run_id
     assert sorted(chunk_contents(run_id, uri=server_uri)) == [0, 4, 8]
-    assert artifact_files(run_id, "weightviz", server_uri) == ["weightviz/2.weight.gif"]
+    assert artifact_files(run_id, "weightviz", server_uri) == with_overview(["weightviz/2.weight.gif"])
     assert rec.result is not None
     assert rec.result.layers[0].frames == 2
 
@@ -260,7 +261,7 @@ def test_explicit_run_id_of_a_finished_run_stays_finished() -> None:
         rec.step(0)
         rec.step(1)
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
-    assert artifact_files(run_id, "weightviz") == ["weightviz/weights.gif"]
+    assert artifact_files(run_id, "weightviz") == with_overview(["weightviz/weights.gif"])
 
 
 def test_bad_settings_fail_fast_before_training() -> None:
@@ -386,7 +387,7 @@ def test_unclosed_recorder_is_flushed_and_rendered_when_python_exits(tmp_path: P
     assert "training died" in proc.stderr
     run_id = proc.stdout.split()[0]
     assert sorted(chunk_contents(run_id, uri=uri)) == [0, 1]
-    assert artifact_files(run_id, "weightviz", uri) == ["weightviz/w.gif"]
+    assert artifact_files(run_id, "weightviz", uri) == with_overview(["weightviz/w.gif"])
 
 
 def test_buffer_folders_are_removed_or_hold_only_the_unsent_chunks(tmp_path: Path) -> None:

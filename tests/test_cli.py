@@ -120,7 +120,8 @@ def test_render_reports_then_is_up_to_date_then_force_and_no_log(tmp_path: Path)
     first = run_cli("render", run_id, "--quiet")
     assert first.code == 0, first.stderr
     assert first.stdout.splitlines() == ["fc1: 3 frames, grid 4×6 → weightviz/fc1.gif",
-                                         "fc2: 3 frames, grid 2×5 → weightviz/fc2.gif"]
+                                         "fc2: 3 frames, grid 2×5 → weightviz/fc2.gif",
+                                         "also: overview.html, overview.png"]
     assert first.stderr == ""
     again = run_cli("render", run_id)
     assert again.code == 0
@@ -128,7 +129,10 @@ def test_render_reports_then_is_up_to_date_then_force_and_no_log(tmp_path: Path)
     assert "--force" in again.stdout
     forced = run_cli("render", run_id, "--force", "--layer", "fc2", "--output-dir", str(tmp_path / "gifs"))
     assert forced.code == 0, forced.stderr
-    assert forced.stdout.strip() == f"fc2: 3 frames, grid 2×5 → weightviz/fc2.gif, {tmp_path / 'gifs' / 'fc2.gif'}"
+    assert forced.stdout.strip().splitlines() == [
+        f"fc2: 3 frames, grid 2×5 → weightviz/fc2.gif, {tmp_path / 'gifs' / 'fc2.gif'}",
+        "also: overview.html, overview.png"]
+    assert (tmp_path / "gifs" / "overview.png").is_file()  # the local copies get the overview too
     local = run_cli("render", run_id, "--no-log", "--layer", "fc1", "--out", str(tmp_path / "fc1.gif"))
     assert local.code == 0, local.stderr
     assert read_gif(tmp_path / "fc1.gif").n_frames == 3

@@ -8,6 +8,7 @@ server, which spares each a fresh database.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.helpers import artifact_files, read_gif
 
@@ -29,7 +31,10 @@ NEEDS = {
     "keras_torch_backend.py": ["keras", "torch"],
     "lightning_mlp.py": ["lightning", "torch"],
     "hf_trainer.py": ["transformers", "accelerate", "torch"],
+    "gpt2_overview.py": ["transformers", "torch"],
 }
+# example → its command-line arguments: a quick run
+ARGS = {"gpt2_overview.py": ["--scale", "8", "--steps", "6", "--every", "2", "--save", "saved"]}
 DEFAULT_STORE = "numpy_loop.py"
 
 
@@ -56,8 +61,9 @@ def launched(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> It
         cwd = tmp_path_factory.mktemp(name.removesuffix(".py"))
         env = dict(base) if name == DEFAULT_STORE else dict(base, MLFLOW_TRACKING_URI=mlflow_server.url)
         missing = [pkg for pkg in NEEDS.get(name, []) if importlib.util.find_spec(pkg) is None]
-        proc = None if missing else subprocess.Popen([sys.executable, str(EXAMPLES / name)], cwd=cwd, env=env,
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, str(EXAMPLES / name), *ARGS.get(name, [])]
+        proc = None if missing else subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True)
         out[name] = Launched(cwd, proc, missing, env.get("MLFLOW_TRACKING_URI"))
     yield out
     for item in out.values():
@@ -80,7 +86,7 @@ def printed(stdout: str, key: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(NEEDS))
+@pytest.mark.parametrize("name", sorted(n for n in NEEDS if n != "gpt2_overview.py"))
 def test_training_example_logs_snapshots_and_gifs(name: str, launched: dict[str, Launched]) -> None:
     item, stdout = run_example(launched, name)
     if item.tracking_uri is None:  # MLflow's default store, made in the example's folder
@@ -93,9 +99,30 @@ def test_training_example_logs_snapshots_and_gifs(name: str, launched: dict[str,
     chunks = artifact_files(run_id, "weights", uri)
     assert chunks
     assert all(c.startswith("weights/chunk_") and c.endswith(".npz") for c in chunks)
-    gifs = artifact_files(run_id, "weightviz", uri)
-    assert gifs == sorted(printed(stdout, "gifs").split(", "))
-    assert len(gifs) == 2
+    files = artifact_files(run_id, "weightviz", uri)
+    assert files == sorted(printed(stdout, "gifs").split(", "))
+    assert len([f for f in files if f.endswith(".gif")]) == 2
+    assert {"weightviz/overview.png", "weightviz/overview.html"} <= set(files)
+
+
+@pytest.mark.slow
+def test_gpt2_example_logs_a_grid_within_budget_and_the_overview(launched: dict[str, Launched]) -> None:
+    item, stdout = run_example(launched, "gpt2_overview.py")
+    assert printed(stdout, "layers") == "50"
+    assert printed(stdout, "files") == ("weightviz/grid-legend.json, weightviz/grid.gif, weightviz/overview.html, "
+                                        "weightviz/overview.png")
+    saved = item.cwd / "saved" / "weightviz"
+    gif = read_gif(saved / "grid.gif")
+    assert gif.n_frames == 4  # steps 0, 2, 4, 6
+    assert gif.size[0] <= 2048
+    assert gif.size[0] * gif.size[1] <= 4_000_000
+    legend = json.loads((saved / "grid-legend.json").read_text(encoding="utf-8"))
+    assert len(legend["panels"]) == 50
+    assert legend["panels"][0]["layer"] == "transformer.wte.weight"  # the model's order
+    page = (saved / "overview.html").read_text(encoding="utf-8")
+    assert "transformer.h.11.mlp.c_fc.weight" in page
+    with Image.open(saved / "overview.png") as png:
+        assert png.format == "PNG"
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from tests.helpers import (
     read_gif,
     run_cli,
     run_isolated,
+    with_overview,
 )
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -95,11 +96,12 @@ def rerender_after_restart(srv: MlflowServer, run_id: str, cwd: Path, layers: in
     # left; its process is gone, so the claim is void for a renderer on this host.
     cli = run_isolated("render", run_id, "--tracking-uri", srv.url, "--quiet", cwd=cwd)
     assert cli.code == 0, cli.stderr
-    assert len(cli.stdout.splitlines()) == layers
+    assert len(cli.stdout.splitlines()) == layers + 1  # one line per layer, and the overview's
+    assert cli.stdout.splitlines()[-1] == "also: overview.html, overview.png"
     tags = weightviz_tags(srv.url, run_id)
     assert tags["weightviz.status"] == "rendered"
     assert len(tags["weightviz.fingerprint"]) == 32
-    assert len(artifact_files(run_id, "weightviz", uri=srv.url)) == layers
+    assert len(artifact_files(run_id, "weightviz", uri=srv.url)) == layers + 2  # with overview.png/.html
     assert MlflowClient(srv.url).get_run(run_id).info.status == "FINISHED"
 
 
@@ -121,7 +123,7 @@ def test_server_down_at_start_fails_after_bounded_retries(server: MlflowServer, 
     assert weightviz_tags(server.url, run_id) == {}
     cli = run_isolated("render", run_id, "--tracking-uri", server.url, "--quiet", cwd=tmp_path)
     assert cli.code == 0, cli.stderr
-    assert artifact_files(run_id, "weightviz", uri=server.url) == ["weightviz/layer00.gif"]
+    assert artifact_files(run_id, "weightviz", uri=server.url) == with_overview(["weightviz/layer00.gif"])
 
 
 def test_server_killed_during_download(server: MlflowServer, tmp_path: Path) -> None:

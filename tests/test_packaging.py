@@ -122,8 +122,9 @@ def test_demo_runs_from_the_installed_wheel_on_the_default_store(venv: Path, tmp
     assert (tmp_path / "mlflow.db").is_file()
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id[1])
     assert run.info.status == "FINISHED"
-    gifs = sorted(p.name for p in (tmp_path / "weightviz-demo").iterdir())
+    gifs = sorted(p.name for p in (tmp_path / "weightviz-demo").iterdir() if p.suffix == ".gif")
     assert gifs == ["fc1.bias.gif", "fc1.weight.gif", "fc2.weight.gif"]
+    assert (tmp_path / "weightviz-demo" / "overview.png").is_file()  # the demo logs to a run: the overview too
     for name in gifs:
         assert (tmp_path / "weightviz-demo" / name).read_bytes()[:6] == b"GIF89a"
     assert read_gif(tmp_path / "weightviz-demo" / "fc1.weight.gif").n_frames == 5

@@ -16,7 +16,16 @@ from PIL import Image
 
 import mlflow_weightviz as wv
 from mlflow_weightviz.errors import PickleNotAllowedError, UsageError
-from tests.helpers import artifact_files, gif_blocks, log_folder, make_run, read_gif, training_series, write_canonical
+from tests.helpers import (
+    artifact_files,
+    gif_blocks,
+    log_folder,
+    make_run,
+    read_gif,
+    training_series,
+    with_overview,
+    write_canonical,
+)
 
 GREY = (128, 128, 128)  # frames.NAN_COLOR, the colour of NaN and inf cells
 
@@ -50,7 +59,7 @@ def test_log_snapshot_layout_with_chunk_files(tmp_path: Path) -> None:
     by_layer = {r.layer: r for r in result.layers}
     assert by_layer["fc1"].steps == tuple(range(0, 140, 10))
     assert by_layer["fc2.bias"].grid == (1, 3)
-    assert artifact_files(run_id, "weightviz") == ["weightviz/fc1.gif", "weightviz/fc2.bias.gif"]
+    assert artifact_files(run_id, "weightviz") == with_overview(["weightviz/fc1.gif", "weightviz/fc2.bias.gif"])
     assert read_gif(tmp_path / "gifs" / "fc1.gif").n_frames == 14
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # rendering never ends a run
 
@@ -80,7 +89,7 @@ def test_stacked_npy_and_npz_with_steps(tmp_path: Path) -> None:
     assert [(r.layer, r.frames, r.shape) for r in single.layers] == [("embedding", 5, (3, 6))]
     npz = wv.render_run(run_id, source="weights/model.npz", artifact_path="npz")
     assert [(r.layer, r.steps) for r in npz.layers] == [("a", (0, 50, 100, 150)), ("b", (0, 50, 100, 150))]
-    assert artifact_files(run_id, "npz") == ["npz/a.gif", "npz/b.gif"]
+    assert artifact_files(run_id, "npz") == with_overview(["npz/a.gif", "npz/b.gif"], "npz")
 
 
 def test_pickle_needs_allow_pickle_and_nothing_is_logged_without_it(tmp_path: Path) -> None:
@@ -119,7 +128,8 @@ def test_safetensors_incl_bf16_and_torch_state_dicts_on_the_real_server(server_u
     assert by_layer["conv.weight"].grid == (4, 18)  # a conv kernel (4, 2, 3, 3) is shown as 4 × 18
     assert by_layer["conv.bias"].grid == (1, 4)
     assert read_gif(tmp_path / "gifs" / "conv.weight.gif").n_frames == 3
-    assert artifact_files(run_id, "pt", uri=server_uri) == ["pt/conv.bias.gif", "pt/conv.weight.gif"]
+    assert artifact_files(run_id, "pt", uri=server_uri) == with_overview(["pt/conv.bias.gif", "pt/conv.weight.gif"],
+                                                                         "pt")
     assert MlflowClient(server_uri).get_run(run_id).info.status == "FINISHED"
 
 
@@ -193,7 +203,7 @@ def test_layer_selection_by_names_and_globs(tmp_path: Path) -> None:
     result = wv.render_run(run_id, wv.RenderOptions(layers=("enc.*",)), artifact_path="glob")
     assert [r.layer for r in result.layers] == ["enc.fc1", "enc.fc2"]
     result = wv.render_run(run_id, wv.RenderOptions(layers=("dec.out", "enc.fc2")), artifact_path="names")
-    assert artifact_files(run_id, "names") == ["names/dec.out.gif", "names/enc.fc2.gif"]
+    assert artifact_files(run_id, "names") == with_overview(["names/dec.out.gif", "names/enc.fc2.gif"], "names")
     assert json.loads(tags_of(run_id)["weightviz.layers"]) == ["dec.out", "enc.fc2"]
 
 
@@ -217,7 +227,7 @@ def test_rerender_is_idempotent_force_renders_again_and_options_count(tmp_path: 
     newer = wv.render_run(run_id, wv.RenderOptions(cmap="viridis"))
     assert newer.status == "rendered"
     assert newer.layers[0].frames == 4
-    assert artifact_files(run_id, "weightviz") == ["weightviz/fc1.gif"]
+    assert artifact_files(run_id, "weightviz") == with_overview(["weightviz/fc1.gif"])
 
 
 def test_no_log_writes_local_copies_only(tmp_path: Path) -> None:

@@ -168,3 +168,39 @@ def test_step_images_scrub_in_the_run_metrics_view(page: Any, rendered: Rendered
         page.wait_for_function("([sel, step]) => document.querySelector(sel)?.src.includes(`%2Bstep%2B${step}%2B`)",
                                arg=[selector, step], timeout=20_000)
     page.screenshot(path=str(output_dir / "ui-step-images.png"))
+
+
+def test_overview_is_shown_in_the_artifact_view(page: Any, rendered: Rendered, output_dir: Path) -> None:
+    from PIL import Image
+
+    with Image.open(rendered.local / "overview.png") as png:  # the local copy of what was logged
+        width, height = png.size
+    page.goto(rendered.artifact_url("overview.png"))
+    shown = page.wait_for_function(
+        """([w, h]) => [...document.images].find(
+               i => i.complete && i.naturalWidth === w && i.naturalHeight === h && i.getBoundingClientRect().width > 0)
+           ?.src ?? null""",
+        arg=[width, height], timeout=60_000)
+    assert shown.json_value().startswith("blob:")
+    close_assistant(page)
+    page.screenshot(path=str(output_dir / "ui-overview.png"))
+
+
+def test_overview_page_shows_values_on_hover_in_the_artifact_view(page: Any, rendered: Rendered) -> None:
+    page.goto(rendered.artifact_url("overview.html"))
+    frame = page.frame_locator("iframe.mlflow-html-iframe")
+    cells = frame.locator("#cells")
+    cells.wait_for(timeout=60_000)
+    close_assistant(page)
+    box = cells.bounding_box()
+    assert box is not None
+    assert box["width"] > 0
+    # the third column of the one row: fc1.weight at the third step
+    page.mouse.move(box["x"] + box["width"] * 2.5 / len(STEPS), box["y"] + box["height"] / 2)
+    tip = frame.locator("#tip")
+    tip.wait_for(state="visible", timeout=10_000)
+    text = tip.text_content()
+    series = training_series(len(STEPS), (6, 8), seed=4)
+    expected = float(np.linalg.norm(series[2] - series[1]) / np.linalg.norm(series[1]))
+    assert text.startswith(f"fc1.weight · step {STEPS[2]} · update_ratio = ")
+    assert float(text.rsplit("= ", 1)[1]) == pytest.approx(expected, rel=1e-3)
