@@ -136,6 +136,37 @@ def test_record_logs_the_overview_at_the_end(tmp_path: Path) -> None:
     assert data["layers"] == ["0.weight", "2.weight"]  # the model's order
     assert len(data["steps"]) >= 3
     assert all(v is not None and v > 0 for row in data["values"] for v in row[1:])
+    # The same numbers as the metrics record() logged while training (one set of statistics).
+    for layer, row in zip(data["layers"], data["values"], strict=True):
+        logged = metric_history(run.info.run_id, stats.metric_key(layer, "update_ratio"))
+        assert sorted(logged) == data["steps"][1:]
+        np.testing.assert_allclose(row[1:], [logged[s] for s in data["steps"][1:]], rtol=1e-6)
+
+
+def metric_history(run_id: str, key: str) -> dict[int, float]:
+    """A run's logged metric ``key`` as {step: value}."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, key)}
+
+
+@pytest.mark.parametrize("stat", ["update_ratio", "drift", "norm"])
+def test_a_rendered_runs_overview_shows_the_metrics_the_render_logged(tmp_path: Path, stat: str) -> None:
+    fc1, fc2 = training_series(4, (6, 5)), training_series(4, (3, 8), seed=1)
+    write_canonical(tmp_path / "w", {"fc1": fc1, "fc2": fc2}, [0, 3, 6, 9])
+    run_id = make_run()
+    log_folder(run_id, tmp_path / "w")
+    wv.render_run(run_id, wv.RenderOptions(overview_stat=stat))
+    from mlflow.tracking import MlflowClient
+
+    page = Path(MlflowClient().download_artifacts(run_id, "weightviz/overview.html", str(tmp_path)))
+    data = page_data(page)
+    assert data["stat"] == stat
+    for layer, row in zip(data["layers"], data["values"], strict=True):
+        logged = metric_history(run_id, stats.metric_key(layer, stat))
+        shown = {step: v for step, v in zip(data["steps"], row, strict=True) if v is not None}
+        assert shown == pytest.approx(logged, rel=1e-9)
+        assert len(shown) == (3 if stat == "update_ratio" else 4)
 
 
 def test_no_overview_logs_none_and_changes_the_fingerprint(tmp_path: Path) -> None:
