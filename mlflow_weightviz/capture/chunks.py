@@ -8,7 +8,7 @@ A reduced layer ``L`` is three members ``L::mean``, ``L::maxabs``, ``L::rms``; t
 ``__weightviz__`` member describing them (and crops) is part of the layout, written once
 per chunk, not stacked.
 
-Reading the raw file back uses ``os.pread``, which is POSIX-only.
+Writing uses ``os.writev`` and reading the raw file back ``os.pread``; both are POSIX-only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mlflow_weightviz.snapshots import STEPS_KEY
 __all__ = ["Layout", "Segment"]
 
 _STEP_DTYPE = np.dtype("<i8")
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _COPY_BLOCK = 8 << 20  # bytes copied at a time from the raw buffer into a chunk file
 
 
@@ -86,10 +87,10 @@ class Segment:
             OSError: The record could not be written.
         """
         try:
-            _write_all(self._fd, memoryview(np.asarray(step, _STEP_DTYPE).tobytes()))
-            for name in self.layout.names:
-                arr = arrays[name]
-                _write_all(self._fd, np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)  # no copy
+            parts = [memoryview(np.asarray(step, _STEP_DTYPE).tobytes())]
+            parts += [np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8).data  # no copy
+                      for name in self.layout.names]
+            _write_all(self._fd, parts)
         except BaseException:  # a full disk, or Ctrl-C halfway through a record
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.count * self.record_bytes)
@@ -151,9 +152,17 @@ class Segment:
         self.path.unlink(missing_ok=True)
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, parts: list[memoryview]) -> None:
+    # One gathered write per record, not one per layer: each call gives up the GIL, and
+    # taking it back from a busy thread (the metrics logger) can cost milliseconds.
+    parts = [p for p in parts if p.nbytes]
+    while parts:
+        done = os.writev(fd, parts[:_IOV_MAX])
+        while parts and done >= parts[0].nbytes:
+            done -= parts[0].nbytes
+            parts.pop(0)
+        if parts and done:
+            parts[0] = parts[0][done:]
 
 
 def _copy_range(fd: int, offset: int, size: int, out: IO[bytes]) -> None:

@@ -200,8 +200,11 @@ class Recorder:
         except Exception as err:  # a capture problem never stops training
             self._capture_failed(step, err)
             return False
+        stored = self._store(step, arrays)
+        # Measured after the buffer write: measuring wakes the metrics logger thread, which
+        # would otherwise hold the GIL while the write waits for it.
         self._measure(step, measured, arrays, partials)
-        return self._store(step, arrays)
+        return stored
 
     def flush(self) -> list[str]:
         """Log every buffered snapshot to the run now; returns the artifact paths logged.
@@ -366,9 +369,10 @@ class Recorder:
         except Exception as err:
             self._capture_failed(step, err)
             return False
-        if self._live is not None:
+        stored = self._store(step, arrays)
+        if self._live is not None:  # after the write, as in step()
             self._measure_combined(step, arrays, _distributed.measures(pieces))
-        return self._store(step, arrays)
+        return stored
 
     def _store(self, step: int, arrays: Mapping[str, Any]) -> bool:
         """Buffer one snapshot and upload a chunk when one is full; problems are warnings."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ CACHE_VALUES = 1 << 18
 #: Bands at least this big are reduced by a few threads.
 _THREADED_VALUES = 1 << 20
 _POOL: ThreadPoolExecutor | None = None
+#: Bands at least this big are reduced with torch's kernels when torch is loaded (see _torch_whole).
+_TORCH_VALUES = 1 << 20
+#: Values per group of block rows in the torch path: read from memory once, then from the cache.
+_TORCH_GROUP_VALUES = 1 << 18
 #: Values reduced at once; bounds the extra memory a reduction takes on the layer's device.
 BAND_VALUES = 1 << 24
 
@@ -223,9 +228,12 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
             if sk is not None:
                 _numpy_sketch(band[:head], g, blocks, sk)
         if whole:
-            # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
-            rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
-            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch))
+            found = _torch_whole(band[head:head + whole], g + head, blocks, sk)
+            if found is None:
+                # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
+                rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
+                found = _numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch)
+            out.add_rows((g + head) // br, *found)
         if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
             out.add_rows((g + head + whole) // br,
                          *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
@@ -291,6 +299,81 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
         for i in starts:
             block_rows(i)
     return out
+
+
+def _torch_whole(band: np.ndarray, at: int, blocks: BlockPlan,
+                 sketch: np.ndarray | None) -> tuple[np.ndarray, ...] | None:
+    """:func:`_numpy_whole` (and the band's sketch) with torch's CPU kernels, or None where it does not apply.
+
+    Used when torch is already imported (a torch user: importing it here would cost more than it
+    saves) for big, C-ordered float32/float64 bands with no NaN or infinity. torch's reductions
+    down the rows of a block are vectorised and spread over its intra-op threads, the threads
+    the training loop itself uses, so they neither wait for nor compete with a second pool.
+    Each group of block rows is read from memory once and the other reductions find it in the
+    cache. The sketch is added to ``sketch`` only when the whole band succeeds.
+    """
+    torch = sys.modules.get("torch")
+    if (torch is None or band.size < _TORCH_VALUES or band.dtype not in (np.float32, np.float64)
+            or not band.flags.c_contiguous):
+        return None
+    (br, bc), (k, cols) = blocks.block, (band.shape[0] // blocks.block[0], band.shape[1])
+    gc = -(-cols // bc)
+    x = torch.from_numpy(band)  # the same memory, no copy
+    acc = x.dtype
+    step = max(1, _TORCH_GROUP_VALUES // max(1, br * cols))  # block rows per group: a few MiB, in the cache
+    s, sq, hi, lo = (torch.empty((k, cols), dtype=acc) for _ in range(4))
+    buf = torch.empty(min(k, step) * br * cols, dtype=acc)
+    found_sketch = None if sketch is None else np.zeros_like(sketch)
+    with torch.no_grad():
+        for i in range(0, k, step):
+            m = min(step, k - i)
+            cube = x[i * br:(i + m) * br].view(m, br, cols)
+            torch.sum(cube, 1, out=s[i:i + m])
+            torch.amax(cube, 1, out=hi[i:i + m])
+            torch.amin(cube, 1, out=lo[i:i + m])
+            work = buf[:m * br * cols].view(m, br, cols)
+            torch.sum(torch.mul(cube, cube, out=work), 1, out=sq[i:i + m])
+            if found_sketch is not None:
+                # numpy's stacked matrix-vector products sketch the group while it is in the cache,
+                # faster than torch's reductions over a block's few columns.
+                _numpy_sketch(band[i * br:(i + m) * br], at + i * br, blocks, found_sketch, threaded=False)
+        total = _torch_across(s, bc, _sum64)
+        if not np.isfinite(total).all():
+            return None  # a NaN or an infinity: the NaN-skipping path
+        squares = _torch_across(sq, bc, _sum64)
+        top, bottom = _torch_across(hi, bc, torch.amax), _torch_across(lo, bc, torch.amin)
+    if sketch is not None and found_sketch is not None:
+        sketch += found_sketch
+    peak = np.where(top >= -bottom, top, bottom)
+    for a, c in zip(*np.nonzero((top == -bottom) & (top != 0)), strict=True):
+        # +x and -x both present: the first in row-major order wins
+        block = band[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
+        peak[a, c] = block[np.abs(block).argmax()]
+    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
+    return total, squares, np.broadcast_to(sizes * float(br), (k, gc)), peak
+
+
+def _sum64(t: Any, dim: int, keepdim: bool = False) -> Any:
+    import torch
+
+    return torch.sum(t, dim, keepdim=keepdim, dtype=torch.float64)
+
+
+def _torch_across(t: Any, bc: int, op: Any) -> np.ndarray:
+    """:func:`_across` of a torch tensor (rows, columns) with ``op`` (:func:`_sum64`, ``amax``, ``amin``).
+
+    Returns float64.
+    """
+    import torch
+
+    rows, cols = t.shape
+    full = cols // bc
+    parts = []
+    if full:
+        parts.append(op(t[:, :full * bc].reshape(rows, full, bc), -1))
+    if cols > full * bc:
+        parts.append(op(t[:, full * bc:], -1, keepdim=True))
+    return np.asarray(torch.cat(parts, 1).to(torch.float64).numpy())
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -532,8 +615,7 @@ def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, 
     """Add the block sketch of ``band`` (rows ``g, g + 1, ...``) into ``out``."""
     acc = np.float64 if band.dtype == np.float64 else np.float32
     a, b = _signs(blocks, lambda x: x.astype(acc), ("np", np.dtype(acc).name))
-    (br, bc), nb = blocks.block, sketch_buckets(blocks)
-    gc = blocks.grid[1]
+    br, bc = blocks.block
 
     def one(item: tuple[int, int, int]) -> None:
         k, lo, hi = item
@@ -546,12 +628,7 @@ def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, 
         y = np.concatenate([np.matmul(p.reshape(m, -1, *p.shape[1:]).transpose(0, 2, 1, 3), q[..., None])[..., 0]
                             for p, q in zip(_split_columns(seg, bc), _split_columns(b[k:k + m], bc), strict=True)],
                            axis=1).transpose(0, 2, 1)
-        y = y.astype(np.float64) * a[g + lo:g + hi].reshape(m, -1, gc)
-        # Row i of a block goes to bucket (i's place in the block) mod nb: pad to whole cycles, add them up.
-        shift = (g + lo) % br % nb
-        if shift or y.shape[1] % nb:
-            y = np.pad(y, ((0, 0), (shift, -(shift + y.shape[1]) % nb), (0, 0)))
-        out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1).reshape(m * nb, gc)
+        _bucket(y.astype(np.float64), g + lo, blocks, a, out)
 
     items = _sketch_items(band.shape[0], g, br)
     if threaded and len(items) > 1 and band.size >= _THREADED_VALUES:
@@ -559,6 +636,22 @@ def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, 
     else:
         for item in items:
             one(item)
+
+
+def _bucket(y: np.ndarray, first: int, blocks: BlockPlan, a: np.ndarray, out: np.ndarray) -> None:
+    """Finish the sketch of rows ``first, first + 1, ...``, given as ``y`` (block rows, rows each, grid columns).
+
+    ``y`` holds Σ_j B[k, j] · W_ij per row and block column; here each row is signed with
+    A[i, c] and added into its bucket (its place in the block, modulo the buckets).
+    """
+    (br, _), nb, gc = blocks.block, sketch_buckets(blocks), blocks.grid[1]
+    m, k = y.shape[0], first // br
+    y = y * a[first:first + y.shape[0] * y.shape[1]].reshape(m, -1, gc)
+    # Row i of a block goes to bucket (i's place in the block) mod nb: pad to whole cycles, add them up.
+    shift = first % br % nb
+    if shift or y.shape[1] % nb:
+        y = np.pad(y, ((0, 0), (shift, -(shift + y.shape[1]) % nb), (0, 0)))
+    out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1).reshape(m * nb, gc)
 
 
 def _sketch_items(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
