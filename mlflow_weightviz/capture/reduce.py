@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,10 +53,6 @@ CACHE_VALUES = 1 << 18
 #: Bands at least this big are reduced by a few threads.
 _THREADED_VALUES = 1 << 20
 _POOL: ThreadPoolExecutor | None = None
-#: Bands at least this big are reduced with torch's kernels when torch is loaded (see _torch_whole).
-_TORCH_VALUES = 1 << 20
-#: Values per group of block rows in the torch path: read from memory once, then from the cache.
-_TORCH_GROUP_VALUES = 1 << 18
 #: Values reduced at once; bounds the extra memory a reduction takes on the layer's device.
 BAND_VALUES = 1 << 24
 
@@ -228,12 +223,9 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
             if sk is not None:
                 _numpy_sketch(band[:head], g, blocks, sk)
         if whole:
-            found = _torch_whole(band[head:head + whole], g + head, blocks, sk)
-            if found is None:
-                # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
-                rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
-                found = _numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch)
-            out.add_rows((g + head) // br, *found)
+            # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
+            rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
+            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch))
         if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
             out.add_rows((g + head + whole) // br,
                          *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
@@ -255,13 +247,17 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
                  sketch: Callable[[np.ndarray, int], None] | None = None) -> tuple[np.ndarray, ...]:
     """Block statistics of whole block rows.
 
-    First down the rows of each block (vectorised over the contiguous columns), then across
-    the columns, a few block rows at a time to stay in the cache. ``sketch`` is called on
-    each such group of rows (and its first row's offset in ``band``) while it is there.
+    Down the rows of each block first: sums, sums of squares, maxima and minima per column,
+    each a reduction over the middle axis (vectorised over the contiguous columns), a few
+    block rows at a time so that the later reductions read them from the cache. Then, once
+    for the whole band, across the columns of each block. ``sketch`` is called on each group
+    of rows (and its first row's offset in ``band``) while it is in the cache.
     """
     k, cols = band.shape[0] // br, band.shape[1]
     gc = -(-cols // bc)
-    out = tuple(np.empty((k, gc)) for _ in range(4))
+    total, squares, top, bottom = (np.empty((k, gc)) for _ in range(4))
+    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
+    count = np.repeat(sizes[None, :] * float(br), k, axis=0)
     step = max(1, CACHE_VALUES // max(1, br * cols))
 
     def block_rows(i: int) -> None:
@@ -269,111 +265,38 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
             part = band[i * br:(i + step) * br]
             m = part.shape[0] // br
             cube = part.reshape(m, br, cols)
-            s = _across(cube.sum(1, dtype=acc), bc, np.add)
-            if not np.isfinite(s).all():  # a NaN or an infinity: the slower NaN-skipping path
+            rows = slice(i, i + m)
+            # Down the block's rows into (m, cols), then across its columns: both small and in the cache.
+            total[rows] = _across(cube.sum(1, dtype=acc), bc, np.add)
+            if np.isfinite(total[rows]).all():
+                squares[rows] = _across(np.einsum("ijk,ijk->ik", cube, cube, dtype=acc), bc, np.add)
+                top[rows] = _across(cube.max(1), bc, np.maximum)
+                bottom[rows] = _across(cube.min(1), bc, np.minimum)
+            else:  # a NaN or an infinity: the slower NaN-skipping path
                 found = _numpy_blocks(*_numpy_rows(part, bc, acc), 0, br)
-            else:
-                rows_sq = np.concatenate([np.einsum("ijk,ijk->ij", x, x, dtype=acc)
-                                          for x in _split_columns(part, bc)], axis=1)
-                sq = rows_sq.reshape(m, br, gc).sum(1, dtype=np.float64)
-                hi = _across(cube.max(1), bc, np.maximum).astype(np.float64)
-                lo = _across(cube.min(1), bc, np.minimum).astype(np.float64)
-                peak = np.where(hi >= -lo, hi, lo)
-                for a, c in zip(*np.nonzero((hi == -lo) & (hi != 0)), strict=True):
-                    # +x and -x both present: the first in row-major order wins
-                    block = part[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
-                    peak[a, c] = block[np.abs(block).argmax()]
-                sizes = np.array([x.shape[-1] for x in _split_columns(part[:1], bc) for _ in range(x.shape[1])])
-                found = (s.astype(np.float64), sq, np.broadcast_to(sizes * float(br), (m, gc)), peak)
-            for dest, value in zip(out, found, strict=True):
-                dest[i:i + m] = value
+                total[rows], squares[rows], count[rows], pk = found
+                # Stored as a peak of its own magnitude on both sides, so that no tie is looked up below.
+                top[rows], bottom[rows] = pk, pk
             if sketch is not None:
                 sketch(part, i * br)
 
     starts = range(0, k, step)
     if len(starts) > 1 and band.size >= _THREADED_VALUES:
         # numpy's reductions release the GIL: the cores the training loop leaves idle during
-        # rec.step() share the block rows (each writes its own rows of ``out``).
+        # rec.step() share the block rows (each writes its own rows). Independent tasks, not a
+        # team that waits at a barrier: a core taken by another process only slows its share.
         list(_pool().map(block_rows, starts))
     else:
         for i in starts:
             block_rows(i)
-    return out
-
-
-def _torch_whole(band: np.ndarray, at: int, blocks: BlockPlan,
-                 sketch: np.ndarray | None) -> tuple[np.ndarray, ...] | None:
-    """:func:`_numpy_whole` (and the band's sketch) with torch's CPU kernels, or None where it does not apply.
-
-    Used when torch is already imported (a torch user: importing it here would cost more than it
-    saves) for big, C-ordered float32/float64 bands with no NaN or infinity. torch's reductions
-    down the rows of a block are vectorised and spread over its intra-op threads, the threads
-    the training loop itself uses, so they neither wait for nor compete with a second pool.
-    Each group of block rows is read from memory once and the other reductions find it in the
-    cache. The sketch is added to ``sketch`` only when the whole band succeeds.
-    """
-    torch = sys.modules.get("torch")
-    if (torch is None or band.size < _TORCH_VALUES or band.dtype not in (np.float32, np.float64)
-            or not band.flags.c_contiguous):
-        return None
-    (br, bc), (k, cols) = blocks.block, (band.shape[0] // blocks.block[0], band.shape[1])
-    gc = -(-cols // bc)
-    x = torch.from_numpy(band)  # the same memory, no copy
-    acc = x.dtype
-    step = max(1, _TORCH_GROUP_VALUES // max(1, br * cols))  # block rows per group: a few MiB, in the cache
-    s, sq, hi, lo = (torch.empty((k, cols), dtype=acc) for _ in range(4))
-    buf = torch.empty(min(k, step) * br * cols, dtype=acc)
-    found_sketch = None if sketch is None else np.zeros_like(sketch)
-    with torch.no_grad():
-        for i in range(0, k, step):
-            m = min(step, k - i)
-            cube = x[i * br:(i + m) * br].view(m, br, cols)
-            torch.sum(cube, 1, out=s[i:i + m])
-            torch.amax(cube, 1, out=hi[i:i + m])
-            torch.amin(cube, 1, out=lo[i:i + m])
-            work = buf[:m * br * cols].view(m, br, cols)
-            torch.sum(torch.mul(cube, cube, out=work), 1, out=sq[i:i + m])
-            if found_sketch is not None:
-                # numpy's stacked matrix-vector products sketch the group while it is in the cache,
-                # faster than torch's reductions over a block's few columns.
-                _numpy_sketch(band[i * br:(i + m) * br], at + i * br, blocks, found_sketch, threaded=False)
-        total = _torch_across(s, bc, _sum64)
-        if not np.isfinite(total).all():
-            return None  # a NaN or an infinity: the NaN-skipping path
-        squares = _torch_across(sq, bc, _sum64)
-        top, bottom = _torch_across(hi, bc, torch.amax), _torch_across(lo, bc, torch.amin)
-    if sketch is not None and found_sketch is not None:
-        sketch += found_sketch
-    peak = np.where(top >= -bottom, top, bottom)
-    for a, c in zip(*np.nonzero((top == -bottom) & (top != 0)), strict=True):
+    with np.errstate(invalid="ignore"):
+        peak = np.where(top >= -bottom, top, bottom)
+        tie = (top == -bottom) & (top != 0)
+    for a, c in zip(*np.nonzero(tie), strict=True):
         # +x and -x both present: the first in row-major order wins
         block = band[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
         peak[a, c] = block[np.abs(block).argmax()]
-    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
-    return total, squares, np.broadcast_to(sizes * float(br), (k, gc)), peak
-
-
-def _sum64(t: Any, dim: int, keepdim: bool = False) -> Any:
-    import torch
-
-    return torch.sum(t, dim, keepdim=keepdim, dtype=torch.float64)
-
-
-def _torch_across(t: Any, bc: int, op: Any) -> np.ndarray:
-    """:func:`_across` of a torch tensor (rows, columns) with ``op`` (:func:`_sum64`, ``amax``, ``amin``).
-
-    Returns float64.
-    """
-    import torch
-
-    rows, cols = t.shape
-    full = cols // bc
-    parts = []
-    if full:
-        parts.append(op(t[:, :full * bc].reshape(rows, full, bc), -1))
-    if cols > full * bc:
-        parts.append(op(t[:, full * bc:], -1, keepdim=True))
-    return np.asarray(torch.cat(parts, 1).to(torch.float64).numpy())
+    return total, squares, count, peak
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -384,8 +307,9 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
-    """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``."""
-    return np.concatenate([op.reduce(x, axis=-1) for x in _split_columns(arr, bc)], axis=1)
+    """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``, into float64."""
+    return np.concatenate([op.reduce(x, axis=-1, dtype=np.float64 if op is np.add else None)
+                           for x in _split_columns(arr, bc)], axis=1).astype(np.float64, copy=False)
 
 
 def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> _Four:
