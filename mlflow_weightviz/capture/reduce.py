@@ -10,11 +10,14 @@ How it is computed, so that nothing big is copied and memory stays bounded:
 
 1. The matrix is read in bands of rows (at most :data:`BAND_VALUES` values each; only a
    band is ever upcast, so a bf16/fp16 layer never gets a float32 copy of its own size).
-2. Per row and block column: the sum, the sum of squares, the count of non-NaN values
-   and the signed peak, with reductions over the contiguous last axis (fast, no copy).
-   Rows with a NaN or an infinity take a slower NaN-skipping path.
-3. Rows are merged into block rows on the same device (a few small arrays), and only
-   the ``(block rows, grid cols)`` result is copied to the host, as a :class:`Partial`.
+2. Whole block rows, a few at a time so that they stay in the cache: per column, the
+   sum, the sum of squares, the maximum and the minimum down the block's rows (reductions
+   over the middle axis, vectorised over the contiguous columns), then across each block's
+   columns. On the CPU the groups are shared by a few threads. Groups with a NaN or an
+   infinity, and the partial block rows at a band's or a shard's edges, take a slower
+   path per row and block column (NaN-skipping where needed).
+3. Only the ``(block rows, grid cols)`` result reaches the host, as a :class:`Partial`
+   (on an accelerator the rows are merged there first).
 
 Partials of different row ranges add up (:meth:`Partial.merge`): that is how the shards of
 a sharded layer (each rank holding some rows) combine into the statistics of the whole.
@@ -308,8 +311,12 @@ def _pool() -> ThreadPoolExecutor:
 
 def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
     """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``, into float64."""
-    return np.concatenate([op.reduce(x, axis=-1, dtype=np.float64 if op is np.add else None)
-                           for x in _split_columns(arr, bc)], axis=1).astype(np.float64, copy=False)
+    dtype = np.float64 if op is np.add else None
+    if arr.shape[1] % bc == 0:  # no ragged last block: one call, no concatenation
+        found = op.reduce(arr.reshape(arr.shape[0], -1, bc), axis=-1, dtype=dtype)
+    else:
+        found = np.concatenate([op.reduce(x, axis=-1, dtype=dtype) for x in _split_columns(arr, bc)], axis=1)
+    return np.asarray(found, dtype=np.float64)
 
 
 def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> _Four:
