@@ -306,3 +306,36 @@ def test_a_nan_in_one_group_of_block_rows_leaves_the_others_on_the_fast_path(mon
     assert found.sketch is not None
     assert single.sketch is not None
     np.testing.assert_array_equal(found.sketch, single.sketch)
+
+
+def test_layers_reduced_side_by_side_equal_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    rng = np.random.default_rng(5)
+    values = [rng.normal(size=(300, 257)).astype(np.float32), torch.from_numpy(rng.normal(size=(1100, 64))),
+              rng.normal(size=(40,)).astype(np.float32), torch.ones(513, 70, dtype=torch.bfloat16),
+              rng.normal(size=(2000, 700)).astype(np.float32)]
+    items = [(v, reduce.plan(tuple(v.shape), 64, 64)) for v in values]
+    monkeypatch.setattr(reduce, "_LAYER_THREADED_VALUES", 1000)
+    monkeypatch.setattr(reduce, "_THREADED_VALUES", 1000)  # inside a layer too, where that is allowed
+    monkeypatch.setattr(reduce, "CACHE_VALUES", 5000)
+    threads: set[str] = set()
+    real = reduce.partial_of
+
+    def spy(*args: object, **kw: object) -> reduce.Partial:
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reduce, "partial_of", spy)
+    together = reduce.partials_of(items, sketch=True)
+    assert any(name.startswith("weightviz-reduce") for name in threads)  # the layers did go to the threads
+    monkeypatch.setattr(reduce, "_LAYER_THREADED_VALUES", 1 << 62)
+    for (value, blocks), found in zip(items, together, strict=True):
+        alone = real(value, 0, blocks, sketch=True)
+        for stat in reduce.STATS:
+            np.testing.assert_array_equal(found.stats()[stat], alone.stats()[stat])
+        assert found.sketch is not None
+        assert alone.sketch is not None
+        np.testing.assert_array_equal(found.sketch, alone.sketch)

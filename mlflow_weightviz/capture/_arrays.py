@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_weightviz.capture.reduce import META_KEY, Partial, dtype_name, is_torch, metadata_array, partial_of, plan
+from mlflow_weightviz.capture.reduce import META_KEY, Partial, dtype_name, is_torch, metadata_array, partials_of, plan
 from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.grid import matrix_shape
 from mlflow_weightviz.snapshots import STEPS_KEY
@@ -72,12 +72,17 @@ def snapshot_arrays(weights: Any, *, dtype: Any = None, grid: tuple[int, int] = 
     named = _named(weights)
     out: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
+    plans = {key: plan(_shape(value), *grid) for key, value in named.items()}
+    reduced = [key for key, value in named.items()
+               if reduce and plans[key].reduced and math.prod(plans[key].shape) > 0]
+    for key in reduced:
+        _check_numeric(key, named[key])
+    found = dict(zip(reduced, partials_of([(named[k], plans[k]) for k in reduced], sketch=partials is not None),
+                     strict=True))
     for key, value in named.items():
-        shape = _shape(value)
-        blocks = plan(shape, *grid)
-        if reduce and blocks.reduced and math.prod(shape) > 0:
-            _check_numeric(key, value)
-            partial = partial_of(value, 0, blocks, sketch=partials is not None)
+        blocks = plans[key]
+        if key in found:
+            partial = found[key]
             if partials is not None:
                 partials[key] = partial
             for stat, arr in partial.stats().items():

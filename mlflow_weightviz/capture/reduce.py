@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import numpy as np
 from mlflow_weightviz.grid import matrix_shape
 
 __all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "block_sketch", "dtype_name", "is_torch",
-           "metadata_array", "partial_of", "plan", "reduce_layer", "sketch_buckets"]
+           "metadata_array", "partial_of", "partials_of", "plan", "reduce_layer", "sketch_buckets"]
 
 #: The member of a snapshot file that describes its reduced layers and crops.
 META_KEY = "__weightviz__"
@@ -51,11 +52,14 @@ META_KEY = "__weightviz__"
 STATS = ("mean", "maxabs", "rms")
 _Four = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
-#: Values reduced together on the CPU, to stay in the processor's cache.
-CACHE_VALUES = 1 << 18
+#: Values reduced together on the CPU, to stay in the processor's cache (4 MiB of float32).
+CACHE_VALUES = 1 << 20
 #: Bands at least this big are reduced by a few threads.
 _THREADED_VALUES = 1 << 20
+#: Layers at least this big are reduced on the threads, a few layers at a time (see partials_of).
+_LAYER_THREADED_VALUES = 1 << 16
 _POOL: ThreadPoolExecutor | None = None
+_POOL_NAME = "weightviz-reduce"
 #: Values reduced at once; bounds the extra memory a reduction takes on the layer's device.
 BAND_VALUES = 1 << 24
 
@@ -195,6 +199,30 @@ def partial_of(value: Any, row0: int, blocks: BlockPlan, sketch: bool = False) -
     return _numpy_partial(arr.reshape(rows, cols), row0, blocks, sketch)
 
 
+def partials_of(items: list[tuple[Any, BlockPlan]], sketch: bool = False) -> list[Partial]:
+    """:func:`partial_of` (from row 0) of several layers, a few at a time when they are big and on the CPU.
+
+    Whole layers per thread, each reduced without threads of its own: fewer, larger tasks
+    than splitting one layer's block rows, so the threads rarely wait for each other or the GIL.
+    """
+    def host(value: Any) -> bool:
+        return isinstance(value, np.ndarray) or (is_torch(value) and value.device.type == "cpu")
+
+    big = [i for i, (value, _) in enumerate(items)
+           if host(value) and math.prod(getattr(value, "shape", ())) >= _LAYER_THREADED_VALUES]
+    found: dict[int, Partial] = {}
+    if len(big) > 1 and not _in_pool():
+        found = dict(zip(big, _pool().map(lambda i: partial_of(items[i][0], 0, items[i][1], sketch), big),
+                         strict=True))
+    return [found[i] if i in found else partial_of(value, 0, blocks, sketch)
+            for i, (value, blocks) in enumerate(items)]
+
+
+def _in_pool() -> bool:
+    """Whether this is one of the reduction's threads (which must not wait on the pool themselves)."""
+    return threading.current_thread().name.startswith(_POOL_NAME)
+
+
 def _band_rows(cols: int) -> int:
     return max(1, BAND_VALUES // max(1, cols))
 
@@ -206,6 +234,8 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
     out = Partial.empty(blocks.grid, sketch_buckets(blocks) if sketch else 0)
     br, bc = blocks.block
     step = _band_rows(mat.shape[1])
+    if step >= br:  # whole block rows per band: the partial ones take the slower per-row path
+        step = step // br * br
     # Bands start on block-row boundaries of the whole matrix, so each adds whole block rows.
     first = min(mat.shape[0], -row0 % br) or min(mat.shape[0], step)
     starts = [0, *range(first, mat.shape[0], step)] if mat.shape[0] else []
@@ -284,7 +314,7 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
                 sketch(part, i * br)
 
     starts = range(0, k, step)
-    if len(starts) > 1 and band.size >= _THREADED_VALUES:
+    if len(starts) > 1 and band.size >= _THREADED_VALUES and not _in_pool():
         # numpy's reductions release the GIL: the cores the training loop leaves idle during
         # rec.step() share the block rows (each writes its own rows). Independent tasks, not a
         # team that waits at a barrier: a core taken by another process only slows its share.
@@ -305,7 +335,7 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="weightviz-reduce")
+        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix=_POOL_NAME)
     return _POOL
 
 
@@ -313,7 +343,10 @@ def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
     """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``, into float64."""
     dtype = np.float64 if op is np.add else None
     if arr.shape[1] % bc == 0:  # no ragged last block: one call, no concatenation
-        found = op.reduce(arr.reshape(arr.shape[0], -1, bc), axis=-1, dtype=dtype)
+        # A block's columns as the outer axis (a small copy): numpy then reduces whole contiguous
+        # slices with its vector loops, not one short run per block (13× faster for 12 columns).
+        found = op.reduce(np.ascontiguousarray(arr.reshape(arr.shape[0], -1, bc).transpose(2, 0, 1)), axis=0,
+                          dtype=dtype)
     else:
         found = np.concatenate([op.reduce(x, axis=-1, dtype=dtype) for x in _split_columns(arr, bc)], axis=1)
     return np.asarray(found, dtype=np.float64)
@@ -559,10 +592,10 @@ def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, 
         y = np.concatenate([np.matmul(p.reshape(m, -1, *p.shape[1:]).transpose(0, 2, 1, 3), q[..., None])[..., 0]
                             for p, q in zip(_split_columns(seg, bc), _split_columns(b[k:k + m], bc), strict=True)],
                            axis=1).transpose(0, 2, 1)
-        _bucket(y.astype(np.float64), g + lo, blocks, a, out)
+        _bucket(y, g + lo, blocks, a, out)
 
     items = _sketch_items(band.shape[0], g, br)
-    if threaded and len(items) > 1 and band.size >= _THREADED_VALUES:
+    if threaded and len(items) > 1 and band.size >= _THREADED_VALUES and not _in_pool():
         list(_pool().map(one, items))  # each item writes its own block rows of ``out``
     else:
         for item in items:
@@ -582,7 +615,8 @@ def _bucket(y: np.ndarray, first: int, blocks: BlockPlan, a: np.ndarray, out: np
     shift = first % br % nb
     if shift or y.shape[1] % nb:
         y = np.pad(y, ((0, 0), (shift, -(shift + y.shape[1]) % nb), (0, 0)))
-    out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1).reshape(m * nb, gc)
+    # (The signs make exact products; the bucket sums are taken in float64.)
+    out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1, dtype=np.float64).reshape(m * nb, gc)
 
 
 def _sketch_items(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
