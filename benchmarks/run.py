@@ -476,6 +476,7 @@ class Bench:
             raise RuntimeError(msg)
         result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
         busy1, ours1 = machine_busy_s(), children_cpu_s()
+        result["cpu_s"] = round(ours1 - ours0, 2)  # the measurement's own processes (workers included)
         # CPU time other processes took during the measurement: a disturbed run shows here.
         result["others_cpu_s"] = None if busy0 is None or busy1 is None else round(
             max(0.0, (busy1 - busy0) - (ours1 - ours0)), 2)
@@ -586,7 +587,8 @@ class Bench:
                 run = self.measure("render_file", data=str(path), out_dir=str(self.work / f"multi{w}"),
                                    options={"workers": w, "row_label": "embed_dim_", "col_label": "orig_dim_"})
                 run["waited_s"] = round(waited, 1)
-                self.say(f"  w{w}: {run['total_s']:.2f} s (others took {run['others_cpu_s']} CPU s meanwhile)")
+                self.say(f"  w{w}: {run['total_s']:.2f} s, {run['cpu_s']} CPU s (others took {run['others_cpu_s']} "
+                         "CPU s meanwhile)")
                 out.setdefault(f"w{w}", []).append(run)
         return [{"layers": layers, "frames": frames, "runs": out}]
 
