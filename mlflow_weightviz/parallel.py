@@ -18,8 +18,9 @@ the one frame loop to every writer (:mod:`mlflow_weightviz.pipeline`), so:
   is compressed.
 
 Workers are forked directly when the parent has no other threads (Linux), else started
-by the ``forkserver`` (which preloads numpy, Pillow and matplotlib) or ``spawn``, so they
-never inherit a parent's threads; the worker functions are top-level functions.
+by the ``forkserver`` (which preloads numpy, Pillow and matplotlib; a render starts it with
+:func:`prestart` before its own preparation, so the imports overlap that) or ``spawn``, so
+they never inherit a parent's threads; the worker functions are top-level functions.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from mlflow_weightviz.encoders import FrameEncoder
     from mlflow_weightviz.frames import HeatmapRenderer
 
-__all__ = ["EncodedFrame", "FramePool", "LayerJob", "build_renderer", "encode_range"]
+__all__ = ["EncodedFrame", "FramePool", "LayerJob", "build_renderer", "encode_range", "prestart"]
 
 _PRELOAD = ("numpy", "PIL.Image", "PIL.GifImagePlugin", "matplotlib.figure", "matplotlib.backends.backend_agg",
             "mlflow_weightviz.frames", "mlflow_weightviz.encoders", "mlflow_weightviz.parallel")
@@ -224,6 +225,34 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _context() -> Any:
+    """How workers start: forked from a single-threaded parent (Linux), else by the forkserver, else spawned."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1 and sys.platform == "linux":
+        # A single-threaded parent forks safely, and its workers start at once with
+        # everything already imported.
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        # The server imports these once; every worker forked from it starts with them loaded.
+        context.set_forkserver_preload(list(_PRELOAD))
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def prestart() -> None:
+    """Start the forkserver now when workers will come from it, so its imports overlap the caller's own work.
+
+    Otherwise the server starts at the first task and its imports (about a second) come
+    before any frame. Nothing happens when workers are forked directly or spawned.
+    """
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        with shielded():  # never leave the server half started
+            forkserver.ensure_running()
+
+
 class FramePool:
     """Worker processes that turn :class:`LayerJob` frames into GIF image blocks, in order.
 
@@ -240,20 +269,10 @@ class FramePool:
     """
 
     def __init__(self, workers: int, *, chunk: int | None = None) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        context: Any = multiprocessing.get_context("spawn")
-        if "fork" in methods and threading.active_count() == 1 and sys.platform == "linux":
-            # A single-threaded parent forks safely, and its workers start at once with
-            # everything already imported.
-            context = multiprocessing.get_context("fork")
-        elif "forkserver" in methods:
-            context = multiprocessing.get_context("forkserver")
-            # The server imports these once; every worker forked from it starts with them loaded.
-            context.set_forkserver_preload(list(_PRELOAD))
         self.workers = workers
         self.chunk = chunk
         with shielded():
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_signals)
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_signals)
         self._ahead = 2 * workers  # chunks in flight: keeps workers busy, bounds memory
 
     def __enter__(self) -> FramePool:

@@ -396,6 +396,10 @@ def _render_source(src: SnapshotSource, options: RenderOptions, *, out: str | os
             raise UsageError(msg)
         staging = workdir / "out"
         staging.mkdir()
+        if _uses_workers(layers, options, workers):
+            from mlflow_weightviz.parallel import prestart
+
+            prestart()  # a forkserver's imports overlap the statistics and the first layer's preparation
         # Statistics of every snapshot (not only the frames drawn), computed once; only for a run.
         batch = _metrics_batch(run_sink, layers) if run_sink is not None and options.outputs.metrics else None
         results, step_writers = _render_all(layers, options, staging, workdir=workdir, progress=progress,
@@ -570,10 +574,10 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
         return [_render_grid(layers, options, staging, work, steps_dir, step_writers, progress, caption,
                              metrics)], step_writers
     names = unique_names(layers)
-    drawn = any(f is not Format.HTML for f in formats) or options.outputs.step_images is not None
+    drawn = _drawn(options)
     if not drawn:
         _warn_workers(workers, "the HTML player alone needs no drawing")
-    total = sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
+    total = _total_frames(layers, options)
     done = 0
 
     def tick() -> None:
@@ -596,7 +600,7 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
         return writers
 
     results: list[LayerResult] = []
-    if drawn and workers > 1 and total > workers:
+    if _uses_workers(layers, options, workers):
         # closing(): on an error the pool stops and the stacks go at once, not when collected.
         with contextlib.closing(_parallel_frames(layers, options, work, caption, workers)) as stream:
             for prepared, spec, size, frames in stream:
@@ -620,6 +624,21 @@ def _render_all(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions
             prepared.stack_path.unlink(missing_ok=True)
         results.append(result(prepared))
     return results, step_writers
+
+
+def _drawn(options: RenderOptions) -> bool:
+    """Whether frames are drawn at all (the HTML player alone needs none)."""
+    return any(f is not Format.HTML for f in options.outputs.formats) or options.outputs.step_images is not None
+
+
+def _total_frames(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions) -> int:
+    return sum(len(sample_indices(len(s), options.max_frames)) for s in layers.values())
+
+
+def _uses_workers(layers: Mapping[str, Sequence[Snapshot]], options: RenderOptions, workers: int) -> bool:
+    """Whether the layers' frames go to worker processes (not the grid montage, not HTML alone, enough frames)."""
+    return (workers > 1 and not options.outputs.grid and _drawn(options)
+            and _total_frames(layers, options) > workers)
 
 
 def _files(formats: Sequence[Format], stem: str) -> tuple[str, ...]:

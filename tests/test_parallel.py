@@ -38,6 +38,38 @@ def test_two_workers_write_the_same_bytes(tmp_path: Path) -> None:
     assert gif.durations == [200] * 8 + [1000]  # the last frame is held
 
 
+def test_forkserver_started_early_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A parent with another thread (as after an MLflow download) gets its workers from the forkserver,
+    # which the render starts before preparing anything, so its imports overlap that work.
+    import threading
+
+    from mlflow_weightviz import parallel
+
+    started: list[str] = []
+    real = parallel.prestart
+
+    def prestart() -> None:
+        started.append(parallel._context().get_start_method())
+        real()
+
+    monkeypatch.setattr(parallel, "prestart", prestart)
+    src = snapshot_folder(tmp_path / "w")
+    one = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "one", workers=1)
+    assert started == []  # one process: no workers to start
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        two = wv.render_file(src, wv.RenderOptions(), output_dir=tmp_path / "two", workers=2)
+    finally:
+        stop.set()
+        other.join()
+    assert started == ["forkserver"]
+    assert [r.frames for r in two.layers] == [r.frames for r in one.layers] == [9, 9, 9]
+    for name in ("fc1.gif", "fc2.gif", "out.gif"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
 def test_per_frame_scale_and_delta_view_with_workers(tmp_path: Path) -> None:
     src = snapshot_folder(tmp_path / "w", frames=7, seed=1)
     for opts in (wv.RenderOptions(scale="frame", layers=("fc1",)),
