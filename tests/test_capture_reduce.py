@@ -319,18 +319,21 @@ def test_layers_reduced_side_by_side_equal_one_at_a_time(monkeypatch: pytest.Mon
     monkeypatch.setattr(reduce, "_LAYER_THREADED_VALUES", 1000)
     monkeypatch.setattr(reduce, "_THREADED_VALUES", 1000)  # inside a layer too, where that is allowed
     monkeypatch.setattr(reduce, "CACHE_VALUES", 5000)
-    threads: set[str] = set()
+    threads: dict[tuple[int, ...], str] = {}  # shape of the layer → the thread that reduced it
     real = reduce.partial_of
 
-    def spy(*args: object, **kw: object) -> reduce.Partial:
+    def spy(value: object, *args: object, **kw: object) -> reduce.Partial:
         import threading
 
-        threads.add(threading.current_thread().name)
-        return real(*args, **kw)  # type: ignore[arg-type]
+        threads[tuple(getattr(value, "shape", ()))] = threading.current_thread().name
+        return real(value, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(reduce, "partial_of", spy)
     together = reduce.partials_of(items, sketch=True)
-    assert any(name.startswith("weightviz-reduce") for name in threads)  # the layers did go to the threads
+    assert threads[(300, 257)].startswith("weightviz-reduce")  # the big numpy layers did go to the threads
+    assert threads[(2000, 700)].startswith("weightviz-reduce")
+    # torch's own reductions (bf16 on the CPU) stay on the caller's thread: its thread team is not shared.
+    assert not threads[(513, 70)].startswith("weightviz-reduce")
     monkeypatch.setattr(reduce, "_LAYER_THREADED_VALUES", 1 << 62)
     for (value, blocks), found in zip(items, together, strict=True):
         alone = real(value, 0, blocks, sketch=True)

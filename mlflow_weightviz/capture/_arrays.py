@@ -73,8 +73,7 @@ def snapshot_arrays(weights: Any, *, dtype: Any = None, grid: tuple[int, int] = 
     out: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
     plans = {key: plan(_shape(value), *grid) for key, value in named.items()}
-    reduced = [key for key, value in named.items()
-               if reduce and plans[key].reduced and math.prod(plans[key].shape) > 0]
+    reduced = [key for key in named if reduce and plans[key].reduced and math.prod(plans[key].shape) > 0]
     for key in reduced:
         _check_numeric(key, named[key])
     found = dict(zip(reduced, partials_of([(named[k], plans[k]) for k in reduced], sketch=partials is not None),

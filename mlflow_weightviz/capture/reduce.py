@@ -13,7 +13,8 @@ How it is computed, so that nothing big is copied and memory stays bounded:
 2. Whole block rows, a few at a time so that they stay in the cache: per column, the
    sum, the sum of squares, the maximum and the minimum down the block's rows (reductions
    over the middle axis, vectorised over the contiguous columns), then across each block's
-   columns. On the CPU the groups are shared by a few threads. Groups with a NaN or an
+   columns. On the CPU a few threads share the work: several big layers side by side
+   (:func:`partials_of`), or one big layer's groups of block rows. Groups with a NaN or an
    infinity, and the partial block rows at a band's or a shard's edges, take a slower
    path per row and block column (NaN-skipping where needed).
 3. Only the ``(block rows, grid cols)`` result reaches the host, as a :class:`Partial`
@@ -204,9 +205,12 @@ def partials_of(items: list[tuple[Any, BlockPlan]], sketch: bool = False) -> lis
 
     Whole layers per thread, each reduced without threads of its own: fewer, larger tasks
     than splitting one layer's block rows, so the threads rarely wait for each other or the GIL.
+    Only layers reduced with numpy go side by side: torch's own reductions (bf16 on the CPU,
+    accelerators) use torch's thread team, which two callers at once would oversubscribe.
     """
     def host(value: Any) -> bool:
-        return isinstance(value, np.ndarray) or (is_torch(value) and value.device.type == "cpu")
+        return isinstance(value, np.ndarray) or (
+            is_torch(value) and value.device.type == "cpu" and str(value.dtype) in _NUMPY_FRIENDLY)
 
     big = [i for i, (value, _) in enumerate(items)
            if host(value) and math.prod(getattr(value, "shape", ())) >= _LAYER_THREADED_VALUES]
@@ -282,9 +286,9 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
 
     Down the rows of each block first: sums, sums of squares, maxima and minima per column,
     each a reduction over the middle axis (vectorised over the contiguous columns), a few
-    block rows at a time so that the later reductions read them from the cache. Then, once
-    for the whole band, across the columns of each block. ``sketch`` is called on each group
-    of rows (and its first row's offset in ``band``) while it is in the cache.
+    block rows at a time so that the later reductions read them from the cache; then, still
+    per group, across the columns of each block. ``sketch`` is called on each group of rows
+    (and its first row's offset in ``band``) while it is in the cache.
     """
     k, cols = band.shape[0] // br, band.shape[1]
     gc = -(-cols // bc)
