@@ -135,7 +135,7 @@ def m_direct(a: dict[str, Any]) -> dict[str, Any]:
     """This project's renderer and encoder on the original's frame (1500x1000, 9 decimals), 1 or N processes."""
     import numpy as np
 
-    from mlflow_weightviz.encoders import FrameEncoder, GifEncoder, build_palette
+    from mlflow_weightviz.encoders import GifEncoder, encode_next
     from mlflow_weightviz.frames import HeatmapRenderer
     from mlflow_weightviz.parallel import FramePool, LayerJob
 
@@ -154,12 +154,10 @@ def m_direct(a: dict[str, Any]) -> dict[str, Any]:
                 first = None
                 encoder = None
                 for i in range(n):
-                    rgb = renderer.render(stack[i], titles[i], (0.0, 0.05), copy=False)
-                    if encoder is None:
-                        encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
+                    encoder, block = encode_next(renderer, encoder, stack[i], titles[i], (0.0, 0.05))
+                    if i == 0:
                         gif.start(encoder.table, renderer.size)
-                    gif.add_block(encoder.encode(rgb, renderer.changed_boxes,
-                                                 index=renderer.indices(encoder.quantize, encoder.previous)))
+                    gif.add_block(block)
                     if i == 0:
                         first = time.perf_counter()
             size = renderer.size
@@ -241,7 +239,7 @@ def m_floor(a: dict[str, Any]) -> dict[str, Any]:
 
 def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
     """The physical limit of a frame: Pillow's LZW of the same frames as palette indices, one full frame each."""
-    from mlflow_weightviz.encoders import FrameEncoder, build_palette, encode_image
+    from mlflow_weightviz.encoders import encode_image, encode_next
     from mlflow_weightviz.frames import HeatmapRenderer
 
     stack = load_stack(a["data"], a["frames"])
@@ -251,10 +249,8 @@ def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
     encoder = None
     indices = []
     for i in range(n):
-        rgb = renderer.render(stack[i], f"weights  ·  step {i}  ·  frame {i + 1}/{n}", (0.0, 0.05), copy=False)
-        if encoder is None:
-            encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
-        encoder.encode(rgb, renderer.changed_boxes, index=renderer.indices(encoder.quantize, encoder.previous))
+        encoder, _ = encode_next(renderer, encoder, stack[i], f"weights  ·  step {i}  ·  frame {i + 1}/{n}",
+                                 (0.0, 0.05))
         assert encoder.previous is not None
         indices.append(encoder.previous)
     width, height = renderer.size

@@ -50,6 +50,8 @@ _PRIVATE = (
 )
 
 _DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+#: A text table entry that means "blend this pixel exactly" (the palette's transparent index, never an answer).
+_NO_INDEX = 255
 
 
 def supported(version: str) -> bool:
@@ -166,18 +168,17 @@ class Composer:
         self.row_edges = np.concatenate([[0], np.cumsum(self.row_counts)]) + self.y0
 
         self.static = black  # outside the cells' region every draw is the same
+        self.static_version = 0  # counts the colorbar's redraws into it
         self.frame = black.copy()
         self.limits = r._limits
         self.text_box: tuple[int, int, int, int] | None = None
         #: Boxes ``(y0, y1, x0, x1)`` outside which the last frame equals the one before; None: anywhere.
         self.changed: list[tuple[int, int, int, int]] | None = None
         self.started = False
-        self.colours = np.zeros((rows, cols, 3), np.uint8)  # the last frame's cell colours
-        #: The last frame's value-text passes: pixels and their packed colours, in drawing order.
-        self.glyph_passes: list[tuple[np.ndarray, np.ndarray]] = []
-        self.index_quantizer: Any = None
-        self.fixed_index = np.zeros(0, np.uint8)
-        self.pattern_columns: dict[int, np.ndarray] = {}
+        #: The last frame's texts' box when they reached outside the cells (either path drew it).
+        self.outside_box: tuple[int, int, int, int] | None = None
+        self.row_of, self.col_of = row_of, col_of
+        self.tables: _IndexTables | None = None  # for frames composed as palette indices
 
         # Title: its glyphs composed like the values' (matplotlib's layout and FreeType engine),
         # into its own band restored to the background first.
@@ -296,7 +297,6 @@ class Composer:
 
     def render(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         r = self.r
-        rows, cols = r.grid
         frame = self.frame
         full = not self.started  # the first frame, or a new colour scale, may differ anywhere
         if limits is not None and (float(limits[0]), float(limits[1])) != self.limits:
@@ -307,18 +307,19 @@ class Composer:
         colours = r._cmap(normed, bytes=True)[..., :3]
 
         changed = [(self.y0, self.y1, self.x0, self.x1)]
-        if self.text_box is not None:  # texts drawn outside the cells last frame
+        if self.text_box is not None:  # texts this buffer holds outside the cells
             y0, y1, x0, x1 = self.text_box
             frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
             changed.append(self.text_box)
             self.text_box = None
+        if self.outside_box is not None:  # the last frame's, when it was composed as indices
+            changed.append(self.outside_box)
         self._fill(colours)
-        self.colours = colours
-        self.glyph_passes = []
 
         if r._probe is not None:
             dark = r._text_dark(normed)
             self._draw_texts(values.ravel().tolist(), dark)
+        self.outside_box = self.text_box
         if full:  # the whole band is drawn again
             self.title_placed = None
         self._draw_title(title)
@@ -341,65 +342,75 @@ class Composer:
         mix = self.mixed_span * under + 128
         flat[self.mixed_at] = (self.mixed_base + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
 
-    def indices(self, quantize: Any, previous: np.ndarray) -> np.ndarray | None:
-        """The last frame as palette indices, equal to ``quantize(frame)``, composed without mapping every pixel.
+    # ------------------------------------------------------------------ frames as palette indices
 
-        The cells' region is composed from what is known about it: each cell's colour is
-        mapped once, grid pixels are one of a few blend patterns over the cell colour (a
-        table per cell colour), and only the pixels the value texts were drawn on are mapped
-        from their RGB. The other changed boxes (title band, texts reaching outside the
-        cells) are mapped from the RGB frame. ``None`` when the frame may differ anywhere
-        (the caller maps it whole).
+    def render_indices(self, values: np.ndarray, title: str, limits: tuple[float, float] | None,
+                       quantize: Any, previous: np.ndarray | None) -> np.ndarray | None:
+        """The next frame composed directly as palette indices, equal to ``quantize(render(...))``.
+
+        Nothing is drawn in RGB but the title band: cells take their colour's index, grid
+        pixels one of a few blend patterns over it, and each value-text pixel the index of
+        its blend, from a table per cell colour (text colour × coverage → index). Pixels
+        where two glyphs overlap, or over a grid line or the margins, are blended exactly in
+        RGB, in matplotlib's order, and then mapped. ``None``, with nothing drawn, when the
+        frame may differ anywhere (the first frame, a new colour scale): the caller draws it
+        with :meth:`render` and maps it whole.
 
         Args:
-            quantize: The encoder's :class:`~mlflow_weightviz.encoders.Quantizer`.
-            previous: The previous frame's indices, which this frame equals outside :attr:`changed`.
+            values: The grid's values.
+            title: The frame's title.
+            limits: Its colour scale; ``None`` keeps the current one.
+            quantize: The :class:`~mlflow_weightviz.encoders.Quantizer` of the GIF's palette.
+            previous: The previous frame's indices (the same ``quantize``).
         """
-        if self.changed is None:
+        if not self.started or previous is None:
             return None
-        if quantize is not self.index_quantizer:  # tables of another palette
-            self.index_quantizer = quantize
-            self.fixed_index = np.asarray(quantize(self.fixed_value.reshape(-1, 3)), np.uint8)
-            self.pattern_columns = {}
+        if limits is not None and (float(limits[0]), float(limits[1])) != self.limits:
+            return None
+        r = self.r
+        rows, cols = r.grid
+        tables = self.tables
+        if tables is None or tables.quantize is not quantize:
+            tables = self.tables = _IndexTables(self, quantize)
+        masked = np.ma.masked_invalid(values)
+        normed = r._norm(masked)
+        colours = r._cmap(normed, bytes=True)[..., :3].reshape(-1, 3)
+        cid = tables.ids(colours)
+
         index = previous.copy()
         flat = index.reshape(-1)
-        rows, cols = self.r.grid
-        colours = self.colours.reshape(-1, 3)
-        cell_index = np.asarray(quantize(colours), np.uint8).reshape(rows, cols)
-        band = np.repeat(cell_index, self.col_counts, axis=1)
-        edges = self.row_edges.tolist()
-        for i in range(len(edges) - 1):
-            index[edges[i]:edges[i + 1], self.x0:self.x1] = band[i]
-        flat[self.fixed_px] = self.fixed_index
-        if self.mixed_px.size:
-            keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
-            distinct, which = np.unique(keys, return_inverse=True)
-            table = np.stack([self._pattern_column(int(k), quantize) for k in distinct.tolist()], axis=1)
-            flat[self.mixed_px] = table[self.mixed_pattern, which.reshape(-1)[self.mixed_cell]]
-        # Text pixels: each pass's blended colours, in order (a pixel drawn twice keeps its last colour).
-        # Pixels outside the cells (under the colorbar included) are mapped from the RGB frame below.
-        for at, key in self.glyph_passes:
-            flat[at] = quantize.lookup(key)
+        changed = [(self.y0, self.y1, self.x0, self.x1)]
         region = (self.y0, self.y1, self.x0, self.x1)
-        for box in self.changed:
-            if box == region:
-                continue
-            for y0, y1, x0, x1 in _outside(box, region):
-                index[y0:y1, x0:x1] = quantize(np.ascontiguousarray(self.frame[y0:y1, x0:x1]))
+        if self.outside_box is not None:  # texts drawn outside the cells last frame (the cells are redrawn)
+            static = tables.static_index()
+            for y0, y1, x0, x1 in _outside(self.outside_box, region):
+                index[y0:y1, x0:x1] = static[y0:y1, x0:x1]
+            changed.append(self.outside_box)
+            self.outside_box = None
+        band = np.repeat(tables.cell[cid].reshape(rows, cols), self.col_counts, axis=1)
+        edges = self.row_edges.tolist()
+        for i in range(len(edges) - 1):  # one broadcast copy per row of cells
+            index[edges[i]:edges[i + 1], self.x0:self.x1] = band[i]
+        flat[self.fixed_px] = tables.fixed
+        if self.mixed_px.size:
+            flat[self.mixed_px] = tables.patterns[cid[self.mixed_cell], self.mixed_pattern]
+        if r._probe is not None:
+            glyphs = self._glyph_pixels(values.ravel().tolist())
+            if glyphs is not None:
+                tables.stamp(glyphs, r._text_dark(normed), cid, colours, flat)
+                self.outside_box = glyphs.outside
+                if glyphs.outside is not None:
+                    changed.append(glyphs.outside)
+                    if self.cax_box is not None:  # the colorbar is drawn over the texts
+                        y0, y1, x0, x1 = self.cax_box
+                        index[y0:y1, x0:x1] = tables.static_index()[y0:y1, x0:x1]
+        self._draw_title(title)
+        y0, y1, x0, x1 = self.title_box
+        if y1 > y0 and x1 > x0:
+            index[y0:y1, x0:x1] = quantize(np.ascontiguousarray(self.frame[y0:y1, x0:x1]))
+        changed.append(self.title_box)
+        self.changed = changed
         return index
-
-    def _pattern_column(self, key: int, quantize: Any) -> np.ndarray:
-        """Indices of every grid blend pattern over one cell colour (packed 0xRRGGBB)."""
-        column = self.pattern_columns.get(key)
-        if column is None:
-            under = np.array([(key >> 16) & 255, (key >> 8) & 255, key & 255], np.int32)
-            mix = self.pattern_span * under + 128
-            rgb = (self.pattern_base + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
-            column = np.asarray(quantize(rgb), np.uint8)
-            if len(self.pattern_columns) > 4096:
-                self.pattern_columns.clear()
-            self.pattern_columns[key] = column
-        return column
 
     def _texts_outside(self) -> list[tuple[int, int, int, int]]:
         """The box of this frame's texts when they reach outside the cells, set by :meth:`_draw_texts`."""
@@ -417,6 +428,7 @@ class Composer:
         self.agg[y0:y1, x0:x1] = face
         r._fig.draw_artist(r._cax)
         self.static[y0:y1, x0:x1] = self.agg[y0:y1, x0:x1, :3]
+        self.static_version += 1
         self.frame[y0:y1, x0:x1] = self.static[y0:y1, x0:x1]
 
     def _draw_title(self, title: str) -> None:
@@ -635,7 +647,8 @@ class Composer:
         self.known_keys = keys[order]
         self.known_entries = np.array(list(self.atlas_keys.values()), np.int64)[order]
 
-    def _draw_texts(self, values: list[float], dark: np.ndarray) -> None:
+    def _glyph_pixels(self, values: list[float]) -> _Glyphs | None:
+        """Every inked pixel of the value texts, glyph by glyph, in drawing order (``None``: no text)."""
         groups: dict[str, list[int]] = {}
         strings = self.r._cell_texts(values)
         for k, s in enumerate(strings):
@@ -649,7 +662,7 @@ class Composer:
             else:
                 parts.extend(self._place(self._layout_of(strings[k]), strings[k], [k], [strings[k]]) for k in ks)
         if not parts:
-            return
+            return None
         font_id, gid, ox, oy, cells, order = (np.concatenate(a) for a in zip(*parts, strict=True))
         keys = (((font_id << 20) + gid) << 12) + ((ox & 63) << 6) + (oy & 63)
         e = self._entries(keys)
@@ -666,34 +679,38 @@ class Composer:
             inside = (left >= 0) & (top >= 0) & (left + gw <= self.width) & (top + gh <= self.height)
             e, cells, passes, left, top = e[inside], cells[inside], passes[inside], left[inside], top[inside]
         if e.size == 0:
-            return
+            return None
         box = (int(top.min()), int((top + gh).max()), int(left.min()), int((left + gw).max()))
-        if box[0] < self.y0 or box[1] > self.y1 or box[2] < self.x0 or box[3] > self.x1:
-            self.text_box = box
+        outside = box[0] < self.y0 or box[1] > self.y1 or box[2] < self.x0 or box[3] > self.x1
         # Each glyph's inked pixels, from the atlas in sparse form.
         counts = self.sparse_count[e]
         total = int(counts.sum())
         ends = np.cumsum(counts)
         pick = np.arange(total) - np.repeat(ends - counts - self.sparse_start[e], counts)
         at = np.repeat(top * self.width + left, counts) + self.sparse_offset[pick]
-        cover = self.sparse_alpha[pick][:, None]
-        colour = self.text_rgb[np.repeat(dark[cells].astype(np.intp), counts)]
+        # Where each pass ends, in pixels (a pass's glyphs never overlap one another).
+        bounds = ends[np.searchsorted(passes, np.unique(passes), side="right") - 1]
+        return _Glyphs(cells, passes, counts, ends, bounds, at, self.sparse_alpha[pick], box if outside else None)
+
+    def _draw_texts(self, values: list[float], dark: np.ndarray) -> None:
+        g = self._glyph_pixels(values)
+        if g is None:
+            return
+        self.text_box = g.outside
+        cover = g.alpha[:, None]
+        colour = self.text_rgb[np.repeat(dark[g.cells].astype(np.intp), g.counts)]
         # Each pass as one gather, blend and scatter over the frame's bytes (Agg's 8-bit blend).
-        at3 = (at * 3)[:, None] + np.arange(3)
-        bounds = ends[np.searchsorted(passes, np.unique(passes), side="right") - 1].tolist()
+        at3 = (g.at * 3)[:, None] + np.arange(3)
         flat = self.frame.reshape(-1)
         start = 0
-        for end in bounds:
-            where = at3[start:end]
-            a = cover[start:end]
-            mix = flat[where] * (255 - a) + colour[start:end] * a + 128
-            blended = (mix + (mix >> 8)) >> 8
-            flat[where] = blended.astype(np.uint8)
-            # The pass's colours, packed, for the index frame (a later pass overwrites an earlier one).
-            key = blended[:, 0].astype(np.uint32) << 16
-            key |= blended[:, 1].astype(np.uint32) << 8
-            key |= blended[:, 2]
-            self.glyph_passes.append((at[start:end], key))
+        for end in g.bounds.tolist():
+            # Texts wider than expected (an outlier value) may still overlap within a pass: blend a
+            # pixel's second glyph after its first, as matplotlib draws them.
+            for part in _in_turn(g.at[start:end]):
+                where = at3[start:end][part]
+                a = cover[start:end][part]
+                mix = flat[where] * (255 - a) + colour[start:end][part] * a + 128
+                flat[where] = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
             start = end
         if self.text_box is not None and self.cax_box is not None:  # the colorbar is drawn over the texts
             y0, y1, x0, x1 = self.cax_box
@@ -742,6 +759,231 @@ class Composer:
                 gids.append(lay.gids[0])
             self._luts = (np.array(fonts, np.int64), np.array(gids, np.int64))
         return self._luts
+
+
+class _IndexTables:
+    """What composing frames as indices of one palette needs, built as cell colours are first seen.
+
+    Per cell colour: its index, the index of every grid blend pattern over it, and of every
+    text blend over it. Per pixel: what lies under it, for the value texts.
+
+    Cell colours come from the colormap's table, so there are at most a few hundred of them over a
+    whole animation; each is mapped once, when first seen. Colour id 0 is "no plain cell colour
+    here": its text entries are :data:`~mlflow_weightviz.encoders.TRANSPARENT`, which the exact path
+    then replaces.
+    """
+
+    def __init__(self, c: Composer, quantize: Any) -> None:
+        self.c = c
+        self.quantize = quantize
+        self.fixed = np.asarray(quantize(c.fixed_value.reshape(-1, 3)), np.uint8)
+        self.known: dict[int, int] = {}
+        n_patterns = len(c.pattern_base)
+        self._static: np.ndarray | None = None
+        self._static_packed: np.ndarray | None = None
+        self._packed_version = -1
+        text = c.text_rgb.astype(np.uint32)
+        self.text_spread = _spread((text[:, 0] << 16) | (text[:, 1] << 8) | text[:, 2])
+        self.rgb_packed = np.zeros(1, np.uint32)
+        self.patterns_packed = np.zeros((1, n_patterns), np.uint32)
+        self._static_version = -1
+        self.cell = np.zeros(1, np.uint8)
+        self.patterns = np.zeros((1, n_patterns), np.uint8)
+        self.text = np.full((1, 512), _NO_INDEX, np.uint8)  # [colour, dark * 256 + alpha]
+        rows, cols = c.r.grid
+        self.n_cells = rows * cols
+        if c.r._probe is not None:
+            # What lies under each pixel: a cell's plain colour (its number), else n_cells.
+            kind = np.int16 if self.n_cells < 32767 else np.int32
+            under = np.full(c.height * c.width, self.n_cells, kind)
+            plain = under.reshape(c.height, c.width)
+            plain[c.y0:c.y1, c.x0:c.x1] = c.row_of[:, None] * cols + c.col_of[None, :]
+            under[c.fixed_px] = self.n_cells
+            under[c.mixed_px] = self.n_cells
+            self.under = under
+            self.slot = np.full(c.height * c.width, -1, np.int32)  # grid blend pixels: their number
+            self.slot[c.mixed_px] = np.arange(c.mixed_px.size, dtype=np.int32)
+            self.mark = np.zeros(c.height * c.width, np.int32)  # the last glyph entry to ink each pixel
+            self.first = np.zeros(c.height * c.width, np.int32)
+            self.flag = np.zeros(c.height * c.width, bool)
+
+    def static_index(self) -> np.ndarray:
+        """The static picture (what lies outside the cells) as indices, mapped again after a colorbar redraw."""
+        if self._static is None or self._static_version != self.c.static_version:
+            self._static = np.asarray(self.quantize(self.c.static), np.uint8)
+            self._static_version = self.c.static_version
+        return self._static
+
+    def ids(self, colours: np.ndarray) -> np.ndarray:
+        """The colour ids of (n, 3) uint8 cell colours, adding the colours not seen yet."""
+        keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        new = [k for k in distinct.tolist() if k not in self.known]
+        if new:
+            self._add(np.array(new, np.int64))
+        known = self.known
+        return np.array([known[k] for k in distinct.tolist()], np.intp)[inverse.reshape(-1)]
+
+    def _add(self, keys: np.ndarray) -> None:
+        c = self.c
+        rgb = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=1).astype(np.int32)
+        first = len(self.rgb_packed)
+        for k, key in enumerate(keys.tolist()):
+            self.known[key] = first + k
+        self.rgb_packed = np.concatenate([self.rgb_packed, keys.astype(np.uint32)])
+        self.cell = np.concatenate([self.cell, np.asarray(self.quantize(rgb.astype(np.uint8)), np.uint8)])
+        mix = c.pattern_span[None, :, :] * rgb[:, None, :] + 128
+        grid = (c.pattern_base[None] + ((mix + (mix >> 8)) >> 8)).astype(np.uint8)
+        self.patterns = np.vstack([self.patterns, np.asarray(self.quantize(grid), np.uint8).reshape(len(keys), -1)])
+        grid32 = grid.astype(np.uint32)
+        self.patterns_packed = np.vstack([self.patterns_packed, (grid32[..., 0] << 16) | (grid32[..., 1] << 8)
+                                          | grid32[..., 2]])
+        # Text of either colour at every coverage over the colour, blended as Agg does.
+        a = np.arange(256, dtype=np.int32)[None, None, :, None]
+        text = c.text_rgb.astype(np.int32)[None, :, None, :]
+        mix = rgb[:, None, None, :] * (255 - a) + text * a + 128
+        blends = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
+        self.text = np.vstack([self.text, np.asarray(self.quantize(blends), np.uint8).reshape(len(keys), 512)])
+
+    def stamp(self, g: _Glyphs, dark: np.ndarray, cid: np.ndarray, colours: np.ndarray, flat: np.ndarray) -> None:
+        """Write the value texts' pixels into ``flat`` (the index frame), as blending them in RGB and mapping would."""
+        dark_at = np.repeat(dark.astype(np.intp)[g.cells], g.counts)  # each pixel's text colour
+        under_id = np.append(cid, 0)[self.under[g.at]]
+        index = self.text.reshape(-1)[under_id * 512 + (dark_at << 8) + g.alpha]
+        # A pixel inked by two glyphs is blended twice: find them (a later glyph overwrote the mark).
+        order = np.arange(g.at.size, dtype=np.int32)
+        self.mark[g.at] = order
+        last = self.mark[g.at]
+        slow = last != order
+        if slow.any():
+            twice = g.at[slow]
+            self.flag[twice] = True
+            slow = self.flag[g.at]
+            self.flag[twice] = False
+        slow |= index == _NO_INDEX
+        flat[g.at] = index
+        if slow.any():
+            self._exact(g, np.flatnonzero(slow).astype(np.int32), last, dark_at, cid, flat)
+
+    def _exact(self, g: _Glyphs, sel: np.ndarray, last: np.ndarray, dark_at: np.ndarray, cid: np.ndarray,
+               flat: np.ndarray) -> None:
+        """The pixels of entries ``sel`` blended in RGB over exactly what lies under them, in order, then mapped.
+
+        Most are inked once (over a grid line or the margins) or twice (two glyphs); those are
+        blended in two vectorised steps. Pixels inked three times or more go pass by pass.
+        """
+        at = g.at[sel]
+        self.first[at[::-1]] = sel[::-1]  # each pixel's first glyph (in drawing order)
+        first, final = self.first[at], last[sel]
+        heads = sel == first
+        middle = ~heads & (sel != final)
+        if middle.any():  # inked three times or more
+            many = at[middle]
+            self.flag[many] = True
+            deep = self.flag[at]
+            self.flag[many] = False
+            heads &= ~deep
+            self._passes(g, sel[deep], dark_at, cid, flat)
+        head, pixels, tail = sel[heads], at[heads], final[heads]
+        rgb = _blend(_spread(self._under(pixels, cid)), self.text_spread[dark_at[head]], g.alpha[head])
+        two = tail != head
+        if two.any():
+            t = tail[two]
+            rgb[two] = _blend(rgb[two], self.text_spread[dark_at[t]], g.alpha[t])
+        flat[pixels] = self.quantize.lookup(_packed(rgb))
+
+    def _passes(self, g: _Glyphs, sel: np.ndarray, dark_at: np.ndarray, cid: np.ndarray, flat: np.ndarray) -> None:
+        """The general case: entries ``sel`` (every entry of their pixels) blended pass by pass."""
+        pixels, inverse = np.unique(g.at[sel], return_inverse=True)
+        rgb = _spread(self._under(pixels, cid))
+        colour = self.text_spread[dark_at[sel]]
+        alpha = g.alpha[sel]
+        passes = g.passes[np.searchsorted(g.ends, sel, side="right")]
+        cuts = np.flatnonzero(np.diff(passes)) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), sel.size], strict=True):
+            w = inverse[lo:hi]
+            rgb[w] = _blend(rgb[w], colour[lo:hi], alpha[lo:hi])
+        flat[pixels] = self.quantize.lookup(_packed(rgb))
+
+    def _under(self, pixels: np.ndarray, cid: np.ndarray) -> np.ndarray:
+        """The exact colours (packed ``0xRRGGBB``) under ``pixels`` before any text: cells, grid blends, else static."""
+        c = self.c
+        if self._static_packed is None or self._packed_version != c.static_version:
+            rgb = c.static.reshape(-1, 3)
+            self._static_packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
+            self._packed_version = c.static_version
+        kind = self.under[pixels].astype(np.intp)
+        packed = self._static_packed[pixels]
+        plain = kind < self.n_cells
+        packed[plain] = self.rgb_packed[cid[kind[plain]]]
+        slot = self.slot[pixels]
+        blend = slot >= 0
+        if blend.any():
+            j = slot[blend]
+            packed[blend] = self.patterns_packed[cid[c.mixed_cell[j]], c.mixed_pattern[j]]
+        return packed
+
+
+_LOW_BYTES = np.uint64(0x0000_00FF_00FF_00FF)
+_HALF = np.uint64(0x0000_0080_0080_0080)
+_EIGHT = np.uint64(8)
+
+
+def _spread(packed: np.ndarray) -> np.ndarray:
+    """``0xRRGGBB`` colours with each channel in its own 16-bit lane of a uint64, to blend all three at once."""
+    p = packed.astype(np.uint64)
+    red, green, blue = p & np.uint64(0xFF0000), p & np.uint64(0xFF00), p & np.uint64(0xFF)
+    return np.asarray((red << np.uint64(16)) | (green << _EIGHT) | blue)
+
+
+def _packed(spread: np.ndarray) -> np.ndarray:
+    """The ``0xRRGGBB`` uint32 colours of spread ones."""
+    p = ((spread >> np.uint64(16)) & np.uint64(0xFF0000)) | ((spread >> _EIGHT) & np.uint64(0xFF00))
+    return (p | (spread & np.uint64(0xFF))).astype(np.uint32)
+
+
+def _blend(under: np.ndarray, text: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Agg's 8-bit blend of ``text`` at coverage ``alpha`` over ``under``, on spread colours, lane by lane.
+
+    Each lane holds ``under * (255 - a) + text * a + 128 <= 65153`` and adding its own top byte
+    keeps it below 65536, so no lane spills into the next.
+    """
+    a = alpha.astype(np.uint64)
+    mix = under * (np.uint64(255) - a) + text * a + _HALF
+    return np.asarray(((mix + ((mix >> _EIGHT) & _LOW_BYTES)) >> _EIGHT) & _LOW_BYTES)
+
+
+class _Glyphs:
+    """The inked pixels of one frame's value texts, sorted into passes that are drawn one after another.
+
+    Per glyph: ``cells`` (whose text it is), ``passes`` (non-decreasing), ``counts`` (its inked
+    pixels) and ``ends`` (their cumulative sum). Per pixel: ``at`` (flat position in the
+    frame) and ``alpha`` (coverage). ``bounds``: where each pass ends, in pixels.
+    ``outside``: the texts' box when it reaches outside the cells' region.
+    """
+
+    __slots__ = ("alpha", "at", "bounds", "cells", "counts", "ends", "outside", "passes")
+
+    def __init__(self, cells: np.ndarray, passes: np.ndarray, counts: np.ndarray, ends: np.ndarray,
+                 bounds: np.ndarray, at: np.ndarray, alpha: np.ndarray,
+                 outside: tuple[int, int, int, int] | None) -> None:
+        self.cells, self.passes, self.counts, self.ends, self.bounds = cells, passes, counts, ends, bounds
+        self.at, self.alpha, self.outside = at, alpha, outside
+
+
+def _in_turn(at: np.ndarray) -> list[slice | np.ndarray]:
+    """Entries of ``at`` in groups that each hold a pixel at most once: first inkings, then second ones, ..."""
+    order = np.argsort(at, kind="stable")
+    ranked = at[order]
+    new_run = np.empty(at.size, bool)
+    new_run[:1] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=new_run[1:])
+    if new_run.all():
+        return [slice(None)]
+    starts = np.flatnonzero(new_run)
+    rank = np.empty(at.size, np.int64)
+    rank[order] = np.arange(at.size) - starts[np.cumsum(new_run) - 1]
+    return [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
 
 
 def _outside(box: tuple[int, int, int, int], hole: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:

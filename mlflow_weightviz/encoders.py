@@ -26,15 +26,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mlflow_weightviz._files import atomic_file
 from mlflow_weightviz.options import DEFAULT_FRAME_MS, MIN_FRAME_MS, GifOptions
 
+if TYPE_CHECKING:
+    from mlflow_weightviz.frames import HeatmapRenderer
+
 __all__ = ["TRANSPARENT", "Animation", "Frame", "FrameEncoder", "FrameWriter", "GifEncoder", "GifWriter",
-           "Quantizer", "StepImageWriter", "build_palette", "changed_box", "encode_image", "frames_to_gif", "saving"]
+           "Quantizer", "StepImageWriter", "build_palette", "changed_box", "encode_image", "encode_next",
+           "frames_to_gif", "saving"]
 
 _MAX_DELAY_MS = 655_350  # the GIF delay field is 16 bits of 10 ms
 #: Palette index of "unchanged" pixels inside a frame's changed rectangle.
@@ -93,7 +97,11 @@ class Quantizer:
 
     def __init__(self, table: np.ndarray) -> None:
         self.table = np.asarray(table, np.uint8).reshape(256, 3)
-        self._choices = self.table[:TRANSPARENT].astype(np.int32)
+        # Squared distance |c|² - 2 c·p + |p|² with one BLAS product; every term is an integer below
+        # 2**24, so float32 holds it exactly and the nearest entry (lowest index among equals) is exact.
+        choices = self.table[:TRANSPARENT].astype(np.float32)
+        self._twice = np.ascontiguousarray(2.0 * choices.T)
+        self._norms = (choices ** 2).sum(axis=1)
         # TRANSPARENT doubles as "not looked up yet": it is never a pixel's answer.
         self._lut = np.full(1 << 24, TRANSPARENT, np.uint8)
 
@@ -110,11 +118,10 @@ class Quantizer:
         unknown = index == TRANSPARENT
         if unknown.any():
             new = np.unique(key[unknown])
-            colours = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.int32)
-            for start in range(0, len(new), 4096):  # bounded (4096 × 255) distance blocks
-                block = colours[start:start + 4096]
-                dist = ((block[:, None, :] - self._choices[None, :, :]) ** 2).sum(axis=2)
-                self._lut[new[start:start + 4096]] = dist.argmin(axis=1).astype(np.uint8)
+            colours = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.float32)
+            for start in range(0, len(new), 1024):  # (1024 × 255) distance blocks stay in the cache
+                dist = self._norms - colours[start:start + 1024] @ self._twice  # |c|² is the same along a row
+                self._lut[new[start:start + 1024]] = dist.argmin(axis=1).astype(np.uint8)
             index = self._lut[key]
         return np.asarray(index)
 
@@ -148,15 +155,38 @@ def encode_image(index: np.ndarray, box: tuple[int, int, int, int], previous: np
     extension: the encoder adds it with the frame's delay, which is only known once the
     following frames are (identical ones are merged).
     """
-    from PIL import GifImagePlugin, Image
-
     left, top, right, bottom = box
     part = index[top:bottom, left:right]
     if previous is not None:
+        same = part == previous[top:bottom, left:right]
         part = part.copy()
-        np.putmask(part, part == previous[top:bottom, left:right], np.uint8(TRANSPARENT))
+        np.copyto(part, np.uint8(TRANSPARENT), where=same)
+    return _lzw(part, left, top)
+
+
+def _lzw(part: np.ndarray, left: int, top: int) -> bytes:
+    from PIL import GifImagePlugin, Image
+
     crop = Image.fromarray(np.ascontiguousarray(part))
     return b"".join(GifImagePlugin.getdata(crop, offset=(left, top)))
+
+
+def _encode_changes(previous: np.ndarray, index: np.ndarray, within: tuple[int, int, int, int]) -> bytes | None:
+    """``encode_image(index, changed_box(previous, index, within), previous)`` with one comparison of the pixels."""
+    y0, y1, x0, x1 = within
+    if y1 <= y0 or x1 <= x0:
+        return None
+    new = index[y0:y1, x0:x1]
+    same = new == previous[y0:y1, x0:x1]
+    rows = np.flatnonzero(~same.all(axis=1))
+    if rows.size == 0:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(~same[top:bottom].all(axis=0))
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    part = new[top:bottom, left:right].copy()
+    np.copyto(part, np.uint8(TRANSPARENT), where=same[top:bottom, left:right])
+    return _lzw(part, left + x0, top + y0)
 
 
 class FrameEncoder:
@@ -175,7 +205,7 @@ class FrameEncoder:
         """Make ``rgb`` the previous frame without encoding it (a worker starting mid-layer)."""
         self.previous = self.quantize(rgb)
 
-    def encode(self, rgb: np.ndarray, changed: list[tuple[int, int, int, int]] | None = None, *,
+    def encode(self, rgb: np.ndarray | None, changed: list[tuple[int, int, int, int]] | None = None, *,
                index: np.ndarray | None = None) -> bytes | None:
         """The image block of one frame, or ``None`` when it equals the previous frame.
 
@@ -185,8 +215,8 @@ class FrameEncoder:
                 frame (see :attr:`HeatmapRenderer.changed_boxes`): only they are mapped to
                 the palette. The mapping is per pixel, so the result is the same.
             index: ``rgb`` already as this palette's indices (see
-                :meth:`HeatmapRenderer.indices`, composed without mapping each pixel); then
-                ``rgb`` is not read.
+                :meth:`HeatmapRenderer.render_indices`, composed without mapping each pixel);
+                then ``rgb`` is not read and may be ``None``.
         """
         within = None
         if changed is not None and self.previous is not None:
@@ -196,6 +226,9 @@ class FrameEncoder:
                        max(b[3] for b in boxes)) if boxes else (0, 0, 0, 0))
         if index is not None:
             pass
+        elif rgb is None:
+            msg = "encode needs the frame's RGB or its indices"
+            raise ValueError(msg)
         elif changed is None or self.previous is None:
             index = self.quantize(rgb)
         else:
@@ -203,10 +236,35 @@ class FrameEncoder:
             for y0, y1, x0, x1 in changed:
                 if y1 > y0 and x1 > x0:
                     index[y0:y1, x0:x1] = self.quantize(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-        box = changed_box(self.previous, index, within)
-        block = None if box is None else encode_image(index, box, self.previous)
+        if self.previous is None:
+            block: bytes | None = encode_image(index, (0, 0, index.shape[1], index.shape[0]))
+        else:
+            block = _encode_changes(self.previous, index, within or (0, index.shape[0], 0, index.shape[1]))
         self.previous = index
         return block
+
+
+def encode_next(renderer: HeatmapRenderer, encoder: FrameEncoder | None, values: np.ndarray, title: str,
+                limits: tuple[float, float] | None) -> tuple[FrameEncoder, bytes | None]:
+    """Draw the next frame of an animation and encode it against the one before.
+
+    Frames are composed directly as palette indices when the renderer can
+    (:meth:`HeatmapRenderer.render_indices`); otherwise (the first frame, a new colour
+    scale) drawn in RGB and mapped. The first frame also chooses the palette: the
+    renderer's colours and the first frame's own.
+
+    Returns:
+        The encoder (new with the first frame; its ``previous`` is this frame's indices)
+        and the frame's image block (``None``: the same picture as the frame before).
+    """
+    if encoder is not None:
+        index = renderer.render_indices(values, title, limits, quantize=encoder.quantize, previous=encoder.previous)
+        if index is not None:
+            return encoder, encoder.encode(None, renderer.changed_boxes, index=index)
+    rgb = renderer.render(values, title, limits, copy=False)
+    if encoder is None:
+        encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
+    return encoder, encoder.encode(rgb, renderer.changed_boxes)
 
 
 class GifEncoder:

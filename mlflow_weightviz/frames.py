@@ -274,20 +274,34 @@ class HeatmapRenderer:
         """
         return None if self._fast is None else self._fast.changed
 
-    def indices(self, quantize: Any, previous: np.ndarray | None) -> np.ndarray | None:
-        """The last frame as palette indices, the same as ``quantize(frame)`` but composed, not mapped.
+    def render_indices(self, values: np.ndarray, title: str, limits: tuple[float, float] | None, *,
+                       quantize: Any, previous: np.ndarray | None) -> np.ndarray | None:
+        """The next frame composed directly as palette indices: the same as ``quantize(render(...))``, faster.
+
+        Only the changed parts are composed (see :attr:`changed_boxes`); the rest is ``previous``.
 
         Args:
+            values: The grid's values, of the renderer's grid shape.
+            title: The frame's title.
+            limits: This frame's colour scale; ``None`` keeps the current one.
             quantize: The :class:`~mlflow_weightviz.encoders.Quantizer` of the GIF's palette.
             previous: The previous frame's indices (the same ``quantize``).
 
         Returns:
-            The (H, W) uint8 indices, or ``None`` when only mapping the whole frame will do
-            (the first frame, a new colour scale, the reference path, no ``previous``).
+            The (H, W) uint8 indices, or ``None``, with nothing drawn, when the frame must be
+            drawn with :meth:`render` and mapped whole: the first frame, a new colour scale,
+            the reference path, no ``previous``.
+
+        Raises:
+            ValueError: ``values`` does not have the renderer's grid shape.
         """
         if self._fast is None or previous is None:
             return None
-        return self._fast.indices(quantize, previous)
+        if values.shape != self.grid:
+            msg = f"values must have the renderer's grid shape {self.grid}; got shape {values.shape}"
+            raise ValueError(msg)
+        return self._fast.render_indices(np.asarray(values, dtype=np.float64), _title_text(title), limits,
+                                         quantize, previous)
 
     def _render_reference(self, values: np.ndarray, title: str, limits: tuple[float, float] | None) -> np.ndarray:
         if limits is not None and (self._norm.vmin, self._norm.vmax) != limits:

@@ -162,6 +162,8 @@ _Result = tuple[np.ndarray | None, tuple[int, int], list[bytes | None], list[np.
 
 def _run_task(task: _Task) -> _Result:
     """Worker side: draw, quantize, diff and compress frames ``start .. stop - 1`` of a layer."""
+    from mlflow_weightviz.encoders import encode_next
+
     state = _STATES.get(task.key)
     if state is None:
         while len(_STATES) >= 2:  # a layer boundary may interleave two layers; keep no more
@@ -178,11 +180,11 @@ def _run_task(task: _Task) -> _Result:
     blocks: list[bytes | None] = []
     indices: list[np.ndarray] | None = [] if task.indices else None
     for i in range(task.start, task.stop):
-        rgb = state.draw(i, task.titles[i - offset], task.limits[i - offset])
-        if encoder is None:  # frame 0: the palette comes from this drawing, as in one process
-            encoder = state.palette_from(rgb)
-        blocks.append(encoder.encode(rgb, state.renderer.changed_boxes,
-                                     index=state.renderer.indices(encoder.quantize, encoder.previous)))
+        # Frame 0 makes the palette from its drawing, as in one process.
+        encoder, block = encode_next(state.renderer, encoder, np.asarray(state.stack[i]), task.titles[i - offset],
+                                     task.limits[i - offset])
+        state.encoder = encoder
+        blocks.append(block)
         if indices is not None:
             assert encoder.previous is not None
             indices.append(encoder.previous)

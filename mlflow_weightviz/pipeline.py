@@ -33,6 +33,7 @@ from mlflow_weightviz.encoders import (
     GifWriter,
     StepImageWriter,
     build_palette,
+    encode_next,
     saving,
 )
 from mlflow_weightviz.errors import ClaimLostError, SnapshotsNotFoundError, UsageError
@@ -508,11 +509,7 @@ def draw_layer(prepared: PreparedLayer, titles: Sequence[str], renderer: Heatmap
             if renderer is None:
                 yield Frame(i, step, titles[i], values, limits)
                 continue
-            rgb = renderer.render(values, titles[i], limits, copy=False)
-            if encoder is None:
-                encoder = FrameEncoder(build_palette(rgb, renderer.palette_colors()))
-            block = encoder.encode(rgb, renderer.changed_boxes,
-                                   index=renderer.indices(encoder.quantize, encoder.previous))
+            encoder, block = encode_next(renderer, encoder, values, titles[i], limits)
             yield Frame(i, step, titles[i], values, limits, block, encoder.previous, encoder.table)
     finally:
         del stack

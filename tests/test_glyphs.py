@@ -173,25 +173,37 @@ def test_changed_boxes_hold_every_changed_pixel(grid: tuple[int, int], kwargs: d
     assert r.changed_boxes is None  # the colorbar was redrawn
 
 
-def _indices_match_the_exact_mapping(r: HeatmapRenderer, frames: list[tuple[np.ndarray, str]],
-                                     limits: list[tuple[float, float] | None] | None = None) -> int:
-    """Render ``frames``; every composed index frame equals the exact mapping of the RGB frame, and the GIF
-    blocks are the same bytes either way. Returns how many frames were composed."""
+def _indices_match_the_exact_mapping(pair: list[HeatmapRenderer], kwargs: dict[str, object],
+                                     frames: list[tuple[np.ndarray, str]],
+                                     limits: list[tuple[float, float] | None] | None = None,
+                                     drawn_in_rgb: tuple[int, ...] = ()) -> int:
+    """Two renderers of the same frames: one composes them as palette indices, the other draws them in RGB,
+    mapped exactly. Every composed index frame equals the mapping, and the GIF blocks are the same bytes.
+    Frames in ``drawn_in_rgb`` are drawn in RGB by the composing renderer too (as a worker does when it
+    starts mid-layer), and composing goes on after them. Returns how many frames were composed."""
     from mlflow_weightviz.encoders import FrameEncoder, build_palette
 
+    fast, drawn = make(**kwargs), make(**kwargs)  # type: ignore[arg-type]
+    pair += [fast, drawn]
     mapped = composed = None
     count = 0
     for k, (values, title) in enumerate(frames):
-        rgb = r.render(values, title, None if limits is None else limits[k], copy=False)
+        lim = None if limits is None else limits[k]
+        rgb = drawn.render(values, title, lim, copy=False)
         if mapped is None or composed is None:
-            table = build_palette(rgb, r.palette_colors())
+            table = build_palette(rgb, drawn.palette_colors())
             mapped, composed = FrameEncoder(table), FrameEncoder(table)
-        index = r.indices(composed.quantize, composed.previous)
-        if index is not None:
+        index = None
+        if k not in drawn_in_rgb:
+            index = fast.render_indices(values, title, lim, quantize=composed.quantize, previous=composed.previous)
+        if index is None:
+            block = composed.encode(fast.render(values, title, lim, copy=False), fast.changed_boxes)
+        else:
             exact = mapped.quantize(rgb)
             assert np.array_equal(index, exact), (k, int((index != exact).sum()))
+            block = composed.encode(None, fast.changed_boxes, index=index)
             count += 1
-        assert composed.encode(rgb, r.changed_boxes, index=index) == mapped.encode(rgb, r.changed_boxes)
+        assert block == mapped.encode(rgb, drawn.changed_boxes)
         assert np.array_equal(composed.previous, mapped.previous)  # type: ignore[arg-type]
     return count
 
@@ -201,17 +213,16 @@ def _indices_match_the_exact_mapping(r: HeatmapRenderer, frames: list[tuple[np.n
 def test_composed_indices_equal_the_exact_mapping_on_the_benchmark_frames(
         grid: tuple[int, int], pair: list[HeatmapRenderer]) -> None:
     """The original's look (1500x1000 px, 9 decimals, YlGn 0-0.05): texts overflow their cells at 16x16."""
-    r = make(grid, size=(1500, 1000), fontsize=10)
-    pair.append(r)
     rng = np.random.default_rng(11)
     w = np.clip(np.abs(rng.normal(0.025, 0.01, grid)), 0, 0.05)
     frames = []
-    for t in range(6):
-        frames.append((w.copy(), f"weights  ·  step {t}  ·  frame {t + 1}/6"))
+    for t in range(8):
+        frames.append((w.copy(), f"weights  ·  step {t * 3}  ·  frame {t + 1}/8"))
         w = np.clip(w + rng.normal(0, 0.004, grid), 0, 0.06)  # a few cells above vmax
     frames[3][0][0, 0] = np.nan
-    assert _indices_match_the_exact_mapping(r, frames) == 5
-    assert_composed(r)
+    assert _indices_match_the_exact_mapping(pair, {"grid": grid, "size": (1500, 1000), "fontsize": 10}, frames,
+                                            drawn_in_rgb=(5,)) == 6
+    assert_composed(pair[0])
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -222,16 +233,17 @@ def test_composed_indices_equal_the_exact_mapping_on_random_small_cases(
     cmap = ["YlGn", "RdBu_r", "viridis"][seed % 3]
     fmt = ["{x:.9f}", "{x:.3f}", "{x:+.2e}", "{x:.1f}"][seed % 4]
     size = None if seed % 2 else (int(rng.integers(300, 900)) * 2, int(rng.integers(200, 600)) * 2)
-    r = make(grid, cmap=cmap, fmt=fmt, vmin=-0.05, vmax=0.05, size=size, annotate=seed != 5)
-    pair.append(r)
+    kwargs = {"grid": grid, "cmap": cmap, "fmt": fmt, "vmin": -0.05, "vmax": 0.05, "size": size,
+              "annotate": seed != 5}
     frames = []
-    for t in range(5):
+    for t in range(6):
         values = rng.uniform(-0.07, 0.07, grid)
-        values.ravel()[rng.integers(0, values.size)] = [np.nan, np.inf, -np.inf, 0.0, 1e9][t]
+        values.ravel()[rng.integers(0, values.size)] = [np.nan, np.inf, -np.inf, 0.0, 1e9, -1e9][t]
         frames.append((values, f"layer {seed}  ·  step {t * 13}"))
-    limits: list[tuple[float, float] | None] = [None, None, (-0.1, 0.1), None, None]
-    # The first frame and the one with a new colour scale are mapped whole; the rest are composed.
-    assert _indices_match_the_exact_mapping(r, frames, limits) == 3
+    limits: list[tuple[float, float] | None] = [None, None, (-0.1, 0.1), None, None, None]
+    # The first frame and the one with a new colour scale are drawn and mapped whole; the rest are composed.
+    assert _indices_match_the_exact_mapping(pair, kwargs, frames, limits, drawn_in_rgb=(4,) if seed % 2 else ()) \
+        == (3 if seed % 2 else 4)
 
 
 @pytest.mark.slow
@@ -239,21 +251,22 @@ def test_gif_colours_differ_from_matplotlib_no_more_than_the_rgb_path(pair: list
     """The frames as the GIF shows them (palette colours of the composed indices), against matplotlib's own
     drawing: no further from it than the exact mapping of the RGB frames, white stays white, and a colour
     in the palette is shown as itself (no 6-bit banding)."""
-    from mlflow_weightviz.encoders import FrameEncoder, build_palette
+    from mlflow_weightviz.encoders import FrameEncoder, build_palette, encode_next
 
     grid = (8, 12)
     fast, ref = make(grid, size=(1500, 1000), fontsize=10), make(grid, size=(1500, 1000), fontsize=10, reference=True)
     pair += [fast, ref]
+    in_rgb = make(grid, size=(1500, 1000), fontsize=10)  # today's path: frames drawn in RGB, mapped exactly
+    pair.append(in_rgb)
     rng = np.random.default_rng(12)
     encoder = None
     for t in range(3):
         values = rng.uniform(0, 0.05, grid)
-        rgb = fast.render(values, f"step {t}", copy=False)
+        rgb = in_rgb.render(values, f"step {t}", copy=False)
         if encoder is None:
-            encoder = FrameEncoder(build_palette(rgb, fast.palette_colors()))
-        index = fast.indices(encoder.quantize, encoder.previous)
+            encoder = FrameEncoder(build_palette(rgb, in_rgb.palette_colors()))
+        encoder, _ = encode_next(fast, encoder, values, f"step {t}", None)
         today = encoder.quantize(rgb)
-        encoder.encode(rgb, fast.changed_boxes, index=index)
         shown = encoder.table[encoder.previous].astype(np.int16)  # type: ignore[index]
         drawn = ref.render(values, f"step {t}").astype(np.int16)
         error = np.abs(shown - drawn).max(axis=2)

@@ -143,13 +143,20 @@ def test_frame_zero_is_drawn_once_by_whole_layers_and_gives_one_process_palette(
     finally:
         renderer.close()
     drawn: list[str] = []
-    render = HeatmapRenderer.render
+    render, render_indices = HeatmapRenderer.render, HeatmapRenderer.render_indices
 
     def counting(self: HeatmapRenderer, *args: object, **kwargs: object) -> np.ndarray:
         drawn.append(str(args[1]))  # the title names the frame
         return render(self, *args, **kwargs)  # type: ignore[arg-type]
 
+    def counting_indices(self: HeatmapRenderer, *args: object, **kwargs: object) -> np.ndarray | None:
+        index = render_indices(self, *args, **kwargs)  # type: ignore[arg-type]
+        if index is not None:  # composed as indices (else it is drawn with render)
+            drawn.append(str(args[1]))
+        return index
+
     monkeypatch.setattr(HeatmapRenderer, "render", counting)
+    monkeypatch.setattr(HeatmapRenderer, "render_indices", counting_indices)
     whole = encode_range(layer)  # what a worker does with a whole layer
     assert drawn == list(layer.titles)  # every frame once: the palette comes from frame 0's own drawing
     assert whole[0].palette is not None
