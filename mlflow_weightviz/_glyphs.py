@@ -393,7 +393,8 @@ class Composer:
             index[edges[i]:edges[i + 1], self.x0:self.x1] = band[i]
         flat[self.fixed_px] = tables.fixed
         if self.mixed_px.size:
-            flat[self.mixed_px] = tables.patterns[cid[self.mixed_cell], self.mixed_pattern]
+            flat[self.mixed_px] = tables.patterns.reshape(-1)[cid[self.mixed_cell] * tables.n_patterns
+                                                               + self.mixed_pattern]
         if r._probe is not None:
             glyphs = self._glyph_pixels(values.ravel().tolist())
             if glyphs is not None:
@@ -777,8 +778,9 @@ class _IndexTables:
         self.c = c
         self.quantize = quantize
         self.fixed = np.asarray(quantize(c.fixed_value.reshape(-1, 3)), np.uint8)
-        self.known: dict[int, int] = {}
-        n_patterns = len(c.pattern_base)
+        self.sorted_keys = np.zeros(0, np.int64)  # the colours seen (packed 0xRRGGBB), sorted, and their ids
+        self.sorted_ids = np.zeros(0, np.intp)
+        n_patterns = self.n_patterns = len(c.pattern_base)
         self._static: np.ndarray | None = None
         self._static_packed: np.ndarray | None = None
         self._packed_version = -1
@@ -817,19 +819,22 @@ class _IndexTables:
     def ids(self, colours: np.ndarray) -> np.ndarray:
         """The colour ids of (n, 3) uint8 cell colours, adding the colours not seen yet."""
         keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        new = [k for k in distinct.tolist() if k not in self.known]
-        if new:
-            self._add(np.array(new, np.int64))
-        known = self.known
-        return np.array([known[k] for k in distinct.tolist()], np.intp)[inverse.reshape(-1)]
+        at = np.searchsorted(self.sorted_keys, keys)
+        seen = at < self.sorted_keys.size
+        seen[seen] = self.sorted_keys[at[seen]] == keys[seen]
+        if not seen.all():
+            self._add(np.unique(keys[~seen]))
+            at = np.searchsorted(self.sorted_keys, keys)
+        return np.asarray(self.sorted_ids[at])
 
     def _add(self, keys: np.ndarray) -> None:
         c = self.c
         rgb = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=1).astype(np.int32)
         first = len(self.rgb_packed)
-        for k, key in enumerate(keys.tolist()):
-            self.known[key] = first + k
+        all_keys = np.concatenate([self.sorted_keys, keys])
+        order = np.argsort(all_keys)
+        self.sorted_keys = all_keys[order]
+        self.sorted_ids = np.concatenate([self.sorted_ids, np.arange(first, first + len(keys))])[order]
         self.rgb_packed = np.concatenate([self.rgb_packed, keys.astype(np.uint32)])
         self.cell = np.concatenate([self.cell, np.asarray(self.quantize(rgb.astype(np.uint8)), np.uint8)])
         mix = c.pattern_span[None, :, :] * rgb[:, None, :] + 128
@@ -921,7 +926,7 @@ class _IndexTables:
         if blend.any():
             j = slot[blend]
             packed[blend] = self.patterns_packed[cid[c.mixed_cell[j]], c.mixed_pattern[j]]
-        return packed
+        return np.asarray(packed, np.uint32)
 
 
 _LOW_BYTES = np.uint64(0x0000_00FF_00FF_00FF)
@@ -939,7 +944,7 @@ def _spread(packed: np.ndarray) -> np.ndarray:
 def _packed(spread: np.ndarray) -> np.ndarray:
     """The ``0xRRGGBB`` uint32 colours of spread ones."""
     p = ((spread >> np.uint64(16)) & np.uint64(0xFF0000)) | ((spread >> _EIGHT) & np.uint64(0xFF00))
-    return (p | (spread & np.uint64(0xFF))).astype(np.uint32)
+    return np.asarray(p | (spread & np.uint64(0xFF)), np.uint32)
 
 
 def _blend(under: np.ndarray, text: np.ndarray, alpha: np.ndarray) -> np.ndarray:
