@@ -261,55 +261,52 @@ def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def m_profile(a: dict[str, Any]) -> dict[str, Any]:
-    """Where each millisecond of one frame goes, stage by stage, at the original's frame size."""
-    import numpy as np
+    """Where each millisecond of one frame goes, stage by stage, at the original's frame size.
 
+    The frames go through the product's path (``encode_next``: composed as palette indices);
+    the stages are timed by wrapping the functions that do them.
+    """
+    from mlflow_weightviz import _glyphs
+    from mlflow_weightviz import encoders as enc_mod
     from mlflow_weightviz import frames as frames_mod
-    from mlflow_weightviz.encoders import FrameEncoder, build_palette, changed_box, encode_image
 
     stack = load_stack(a["data"], a["frames"])
     kw = renderer_kwargs(tuple(stack.shape[1:]), original=a["original"])
     t0 = time.perf_counter()
     renderer = frames_mod.HeatmapRenderer(kw.pop("grid"), **kw)
-    first = renderer.render(stack[0], "weights", (0.0, 0.05))
+    n = stack.shape[0]
+    titles = [f"weights  ·  step {i}  ·  frame {i + 1}/{n}" for i in range(n)]
+    encoder, _ = enc_mod.encode_next(renderer, None, stack[0], titles[0], (0.0, 0.05))
     setup = time.perf_counter() - t0
+    spent: dict[str, float] = dict.fromkeys(("texts", "title", "lzw", "compose", "encode"), 0.0)
+
+    def timed(owner: Any, name: str, key: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        setattr(owner, name, wrapper)
+
+    timed(_glyphs.Composer, "_glyph_pixels", "texts")
+    timed(_glyphs._IndexTables, "stamp", "texts")
+    timed(_glyphs.Composer, "_draw_title", "title")
+    timed(enc_mod, "_lzw", "lzw")
+    timed(frames_mod.HeatmapRenderer, "render_indices", "compose")
+    timed(enc_mod.FrameEncoder, "encode", "encode")
+    for i in range(1, n):
+        encoder, _ = enc_mod.encode_next(renderer, encoder, stack[i], titles[i], (0.0, 0.05))
+    frames = n - 1
+    stages = {"cells + grid": spent["compose"] - spent["texts"] - spent["title"], "value texts": spent["texts"],
+              "title": spent["title"], "diff": spent["encode"] - spent["lzw"], "LZW": spent["lzw"]}
+    out = {k: v / frames * 1000 for k, v in stages.items()}
     fast = renderer._fast
     assert fast is not None
-    stages: dict[str, float] = dict.fromkeys(
-        ("colours + cells + grid", "value texts", "title", "quantize", "diff", "LZW"), 0.0)
-    encoder = FrameEncoder(build_palette(first, renderer.palette_colors()))
-    prev = encoder.quantize(first)
-    n = stack.shape[0]
-    for i in range(n):
-        values = np.asarray(stack[i], dtype=np.float64)
-        t0 = time.perf_counter()
-        masked = np.ma.masked_invalid(values)
-        normed = renderer._norm(masked)
-        colours = renderer._cmap(normed, bytes=True)[..., :3]
-        fast._fill(colours)
-        frame = fast.frame
-        t1 = time.perf_counter()
-        dark = frames_mod.text_is_dark(renderer._cmap(normed)).ravel()
-        fast._draw_texts(values.ravel().tolist(), dark)
-        t2 = time.perf_counter()
-        fast._draw_title(f"weights  ·  step {i}  ·  frame {i + 1}/{n}")
-        t3 = t4 = time.perf_counter()
-        index = prev.copy()  # only the boxes the renderer changed are mapped to the palette
-        boxes = [(fast.title_rows[0], fast.title_rows[1], 0, fast.width), (fast.y0, fast.y1, fast.x0, fast.x1)]
-        for y0, y1, x0, x1 in boxes + fast._texts_outside():
-            index[y0:y1, x0:x1] = encoder.quantize(np.ascontiguousarray(frame[y0:y1, x0:x1]))
-        t5 = time.perf_counter()
-        box = changed_box(prev, index)
-        t6 = time.perf_counter()
-        if box is not None:
-            encode_image(index, box, prev)
-        t7 = time.perf_counter()
-        prev = index
-        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t5 - t4, t6 - t5, t7 - t6), strict=True):
-            stages[key] += dt
-    out = {k: v / n * 1000 for k, v in stages.items()}
-    return {"stages_ms": out, "total_ms": sum(out.values()), "setup_ms": setup * 1000, "frames": n,
-            "size": list(renderer.size), "mixed_px": int(fast.mixed_at.size),
+    return {"stages_ms": out, "total_ms": sum(out.values()), "setup_ms": setup * 1000, "frames": frames,
+            "size": list(renderer.size), "mixed_px": int(fast.mixed_px.size),
             "cells_px": int((fast.y1 - fast.y0) * (fast.x1 - fast.x0))}
 
 
@@ -821,24 +818,26 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
     add("")
     add("## Profile: where each remaining millisecond goes (one process, original frame size)")
     add("")
+    add("Frames after the first, as the product draws them: composed as palette indices, no RGB frame "
+        "and no per-pixel palette mapping (the quantize column above is what that mapping would cost).")
+    add("")
     keys = list(next(iter(res["floor_profile"].values()))["profile"]["stages_ms"])
     add("| stage | " + " | ".join(f"{g} ms" for g in res["floor_profile"]) + " | what was done about it |")
     add("|---|" + "---|" * len(res["floor_profile"]) + "---|")
     notes = {
-        "colours + cells + grid": "colormap applied with numpy to the cell values and copied over each row of "
-                                  "cells; opaque grid pixels are set and only their anti-aliased edges blended, "
-                                  "with the coverage captured once from matplotlib (drawn over black and white cells)",
+        "cells + grid": "each cell's colour (the colormap's bytes) gets a colour id, whose palette index and grid "
+                        "blend patterns are mapped once, when first seen; indices copied over each row of cells, "
+                        "opaque grid pixels set, anti-aliased grid edges looked up per pattern and cell colour",
         "value texts": "glyphs rasterised once by matplotlib's own FreeType engine at their 1/64 px positions "
-                       "(placed by matplotlib's text layout, shared by strings that differ only in digits), "
-                       "blended with numpy in vectorised passes (column by column when texts overlap their "
-                       "neighbours, as at 16×16 here); was ~70% of the original's time",
-        "title": "composed like the values from matplotlib's glyphs and layout, onto its band's background "
-                 "(matplotlib draws it itself, with `draw_artist`, when a title's layout is not shared)",
-        "quantize": "exact nearest palette colour through a 2**24-entry lookup table filled on first sight of a "
-                    "colour, only inside the boxes the renderer says changed (title band, cells, overflowing "
-                    "texts); Pillow's own map is ~3x faster but looks colours up at 6 bits a channel, which "
-                    "banded the colorbar and made white (252, 252, 252), so exactness was chosen",
-        "diff": "the changed rectangle against the previous frame's indices",
+                       "(placed by matplotlib's text layout, shared by strings that differ only in digits); each "
+                       "inked pixel's index comes from a table per cell colour (text colour × coverage → index); "
+                       "pixels inked by two glyphs (texts overlapping their neighbours, as at 16×16 here) or over "
+                       "a grid line are blended exactly in RGB, three channels in one uint64, and then mapped",
+        "title": "composed like the values from matplotlib's glyphs and layout, onto its band's background, only "
+                 "the changed digits; that part is mapped to the palette (matplotlib draws it itself, with "
+                 "`draw_artist`, when a title's layout is not shared)",
+        "diff": "one comparison with the previous frame's indices gives the changed rectangle and the pixels "
+                "inside it written as the transparent index",
         "LZW": "Pillow's C encoder on the changed rectangle only, unchanged pixels in it written as the "
                "transparent index (long runs); tick labels, colorbar and margins are never re-encoded",
     }
