@@ -42,7 +42,7 @@ __all__ = ["TRANSPARENT", "Animation", "Frame", "FrameEncoder", "FrameWriter", "
 
 _MAX_DELAY_MS = 655_350  # the GIF delay field is 16 bits of 10 ms
 #: Palette index of "unchanged" pixels inside a frame's changed rectangle.
-TRANSPARENT = 255
+TRANSPARENT = 255  # all bits set: _encode_changes relies on it
 _COLOURS = 255
 
 
@@ -184,8 +184,9 @@ def _encode_changes(previous: np.ndarray, index: np.ndarray, within: tuple[int, 
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero(~same[top:bottom].all(axis=0))
     left, right = int(cols[0]), int(cols[-1]) + 1
-    part = new[top:bottom, left:right].copy()
-    np.copyto(part, np.uint8(TRANSPARENT), where=same[top:bottom, left:right])
+    # TRANSPARENT is 255 (all bits set): OR-ing 255 into unchanged pixels marks them in one pass.
+    part = np.negative(same[top:bottom, left:right].view(np.uint8))
+    np.bitwise_or(part, new[top:bottom, left:right], out=part)
     return _lzw(part, left + x0, top + y0)
 
 
