@@ -456,12 +456,27 @@ class Bench:
     def say(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.started:6.1f}s] {msg}", flush=True)
 
-    def measure(self, kind: str, **a: Any) -> dict[str, Any]:
+    def before_code(self) -> Path | None:
+        """A copy of the project at ``--before REV`` (``git archive``), to measure it side by side; None: not asked."""
+        rev = self.args.before
+        if not rev:
+            return None
+        target = self.work / f"before-{rev}"
+        if not (target / "benchmarks" / "run.py").is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+        return target
+
+    def measure(self, kind: str, code: Path | None = None, **a: Any) -> dict[str, Any]:
+        """One measurement in a fresh process; ``code``: another copy of the project to measure instead."""
         a["kind"] = kind
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        root = REPO if code is None else code
+        env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    MPLBACKEND="Agg", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
         busy0, ours0 = machine_busy_s(), children_cpu_s()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", json.dumps(a)],
+        script = Path(__file__).resolve() if code is None else code / "benchmarks" / "run.py"
+        proc = subprocess.run([sys.executable, str(script), "--measure", json.dumps(a)],
                               capture_output=True, text=True, env=env, cwd=self.work, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -504,6 +519,7 @@ class Bench:
         ours_frames = 4 if self.smoke else 300  # a long render, as the product's (10 layers x 500 snapshots)
         reps = 1 if self.smoke else self.args.reps
         rows_out = []
+        before = self.before_code()
         for grid in ((8, 12), (16, 16)):
             data = self.data(*grid, ours_frames)
             same = self.data(*grid, base_frames)  # the original's frames: the first ones of the same series
@@ -517,6 +533,10 @@ class Bench:
                 for workers in (1, 2):
                     runs.setdefault(f"ours w{workers}", []).append(self.measure(
                         "direct", data=str(data), workers=workers, out=str(self.work / f"ours{workers}.gif")))
+                    if before is not None:  # the project before this change, on the same frames, in turn
+                        runs.setdefault(f"before w{workers}", []).append(self.measure(
+                            "direct", code=before, data=str(data), workers=workers,
+                            out=str(self.work / f"before{workers}.gif")))
                 for workers in (1, 2):
                     runs.setdefault(f"default w{workers}", []).append(self.measure(
                         "render_file", data=str(data), out_dir=str(self.work / f"rf{workers}"),
@@ -695,6 +715,32 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
                 cells += ["–", "–"]
         add("| " + " | ".join(cells) + " |")
     add("")
+    if any("before w1" in row["runs"] for row in res["paired"]):
+        add(f"Before and after, in this same run: the project at `{res.get('before', '?')}` (frames after the "
+            "first drawn in RGB, then mapped to palette indices where they changed) and now (composed directly as "
+            "palette indices), on the same frames, alternating. The GIFs are byte-identical.")
+        add("")
+        add("| matrix | case | before ms/frame | now ms/frame | before steady | now steady | steady × floor, before "
+            "→ now | vs original, before → now |")
+        add("|---|---|---|---|---|---|---|---|")
+        for row in res["paired"]:
+            g = f"{row['grid'][0]}×{row['grid'][1]}"
+            runs = row["runs"]
+            orig = med(runs["original"], "ms_per_frame") if "original" in runs else None
+            floor_ms = row["lzw_floor"]["lzw_full_ms"] if "lzw_floor" in row else None
+            for w in (1, 2):
+                if f"before w{w}" not in runs:
+                    continue
+                b_ms, n_ms = med(runs[f"before w{w}"], "ms_per_frame"), med(runs[f"ours w{w}"], "ms_per_frame")
+                b_st = med(runs[f"before w{w}"], "steady_ms_per_frame")
+                n_st = med(runs[f"ours w{w}"], "steady_ms_per_frame")
+                floor_cell = (f"{b_st / floor_ms:.2f}× → **{n_st / floor_ms:.2f}×**" if floor_ms and w == 1 else "–")
+                orig_cell = f"{orig / b_ms:.1f}× → **{orig / n_ms:.1f}×**" if orig else "–"
+                same = ("" if runs[f"before w{w}"][0]["gif_bytes"] == runs[f"ours w{w}"][0]["gif_bytes"]
+                        else " (GIF sizes differ!)")
+                add(f"| {g} | {'1 process' if w == 1 else '2 workers'}{same} | {fmt_ms(b_ms)} | {fmt_ms(n_ms)} | "
+                    f"{fmt_ms(b_st)} | {fmt_ms(n_st)} | {floor_cell} | {orig_cell} |")
+        add("")
     add("ms/frame is the whole job divided by its frames: for the original, drawing every frame and saving "
         f"the GIF ({row['base_frames']} frames); for this project, building the renderer, drawing, quantizing, "
         f"diffing, compressing and writing {row['ours_frames']} frames. \"Default size\" is `render_file` end to "
@@ -876,6 +922,7 @@ def main() -> None:
     p.add_argument("--shared", help="folder with seed_baseline.py and make_data.py (default ../shared/bench)")
     p.add_argument("--work", help="scratch folder (default: a new temporary folder)")
     p.add_argument("--keep-huge", action="store_true", help="keep the huge .npy for the next run")
+    p.add_argument("--before", help="also measure the project at this git revision, side by side (before/after)")
     p.add_argument("--from-json", help="only rewrite the report from a previous run's .json")
     p.add_argument("--only", help="run only these sections (comma-separated: paired, large, memory, workers, huge, "
                    "floor_profile, downloads); writes their JSON (--out, default benchmarks/.work/ONLY.json) "
@@ -915,6 +962,8 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     res: dict[str, Any] = {}
+    if args.before:
+        res["before"] = args.before
     res["paired"] = b.paired()
     res["large"] = b.large()
     res["memory"] = b.memory()

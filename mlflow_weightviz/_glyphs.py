@@ -852,9 +852,11 @@ class _IndexTables:
 
     def stamp(self, g: _Glyphs, dark: np.ndarray, cid: np.ndarray, colours: np.ndarray, flat: np.ndarray) -> None:
         """Write the value texts' pixels into ``flat`` (the index frame), as blending them in RGB and mapping would."""
-        dark_at = np.repeat(dark.astype(np.intp)[g.cells], g.counts)  # each pixel's text colour
-        under_id = np.append(cid, 0)[self.under[g.at]]
-        index = self.text.reshape(-1)[under_id * 512 + (dark_at << 8) + g.alpha]
+        dark_at = np.repeat(dark.astype(np.int32)[g.cells] << 8, g.counts)  # each pixel's text colour, × 256
+        key = np.append(cid.astype(np.int32) << 9, np.int32(0))[self.under[g.at]]  # what lies under it, × 512
+        key += dark_at
+        key += g.alpha
+        index = self.text.reshape(-1)[key]
         # A pixel inked by two glyphs is blended twice: find them (a later glyph overwrote the mark).
         order = np.arange(g.at.size, dtype=np.int32)
         self.mark[g.at] = order
@@ -890,18 +892,18 @@ class _IndexTables:
             heads &= ~deep
             self._passes(g, sel[deep], dark_at, cid, flat)
         head, pixels, tail = sel[heads], at[heads], final[heads]
-        rgb = _blend(_spread(self._under(pixels, cid)), self.text_spread[dark_at[head]], g.alpha[head])
+        rgb = _blend(_spread(self._under(pixels, cid)), self.text_spread[dark_at[head] >> 8], g.alpha[head])
         two = tail != head
         if two.any():
             t = tail[two]
-            rgb[two] = _blend(rgb[two], self.text_spread[dark_at[t]], g.alpha[t])
+            rgb[two] = _blend(rgb[two], self.text_spread[dark_at[t] >> 8], g.alpha[t])
         flat[pixels] = self.quantize.lookup(_packed(rgb))
 
     def _passes(self, g: _Glyphs, sel: np.ndarray, dark_at: np.ndarray, cid: np.ndarray, flat: np.ndarray) -> None:
         """The general case: entries ``sel`` (every entry of their pixels) blended pass by pass."""
         pixels, inverse = np.unique(g.at[sel], return_inverse=True)
         rgb = _spread(self._under(pixels, cid))
-        colour = self.text_spread[dark_at[sel]]
+        colour = self.text_spread[dark_at[sel] >> 8]
         alpha = g.alpha[sel]
         passes = g.passes[np.searchsorted(g.ends, sel, side="right")]
         cuts = np.flatnonzero(np.diff(passes)) + 1
