@@ -656,21 +656,25 @@ class Composer:
             if s:  # texts are drawn literally ('$' included), as matplotlib does with parse_math=False
                 groups.setdefault(s.translate(_DIGITS_TO_ZERO), []).append(k)
         parts: list[tuple[np.ndarray, ...]] = []
+        widest = 0.0
         for key, ks in groups.items():
-            self._layout_of(key)
+            shared = self._layout_of(key)
+            widest = max(widest, -2 * shared.x_off)
             if self.layouts[key] is not None:
-                parts.append(self._place(self.layouts[key], key, ks, [strings[k] for k in ks]))  # type: ignore[arg-type]
+                parts.append(self._place(shared, key, ks, [strings[k] for k in ks]))
             else:
                 parts.extend(self._place(self._layout_of(strings[k]), strings[k], [k], [strings[k]]) for k in ks)
         if not parts:
             return None
+        # Texts may be wider than the samples the renderer was sized for (an outlier value).
+        by_column = self.col_groups > 1 or widest + 4 > self.r._cell
         font_id, gid, ox, oy, cells, order = (np.concatenate(a) for a in zip(*parts, strict=True))
         keys = (((font_id << 20) + gid) << 12) + ((ox & 63) << 6) + (oy & 63)
         e = self._entries(keys)
         # Neighbouring glyphs, and texts wider than their cell, overlap at the edges. matplotlib
         # blends them one after another, so draw in passes that never overlap within a pass: glyphs
         # of even and odd places, and when texts overlap their neighbours, column by column.
-        passes = order % 2 + 2 * (cells % self.r.grid[1] if self.col_groups > 1 else 0)
+        passes = order % 2 + 2 * (cells % self.r.grid[1] if by_column else 0)
         sort = np.argsort(passes, kind="stable")
         e, cells, passes = e[sort], cells[sort], passes[sort]
         left = (ox[sort] >> 6) + self.atlas_left[e]

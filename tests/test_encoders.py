@@ -135,3 +135,22 @@ def test_changed_box_within_a_known_box_is_the_same_box() -> None:
     assert changed_box(before, after, (10, 35, 5, 50)) == whole
     assert changed_box(before, after, (0, 0, 0, 0)) is None  # told nothing changed anywhere
     assert changed_box(before, before, (10, 35, 5, 50)) is None
+
+
+def test_quantizer_finds_the_exact_nearest_colour_lowest_index_first() -> None:
+    """New colours are matched with one float32 product (|c|² - 2c·p + |p|²): the same answer as integer
+    distances, ties to the lowest index, and the transparent slot never chosen."""
+    rng = np.random.default_rng(7)
+    table = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    table[10] = table[3]  # a tie: index 3 must win
+    table[TRANSPARENT] = table[0]
+    table[20] = (255, 255, 255)
+    quantize = Quantizer(table)
+    colours = np.vstack([rng.integers(0, 256, (50_000, 3)), table[:TRANSPARENT], [[255, 255, 255], [0, 0, 0]]])
+    got = quantize(colours.astype(np.uint8)[:, None, :])[:, 0]
+    distance = ((colours[:, None, :].astype(np.int64) - table[None, :TRANSPARENT].astype(np.int64)) ** 2).sum(axis=2)
+    assert np.array_equal(got, distance.argmin(axis=1))
+    assert got[50_000 + 10] == 3
+    assert got[-2] == 20
+    assert TRANSPARENT not in got
+    assert np.array_equal(quantize(colours.astype(np.uint8)[:, None, :])[:, 0], got)  # remembered, same answer

@@ -281,3 +281,26 @@ def test_gif_colours_differ_from_matplotlib_no_more_than_the_rgb_path(pair: list
         in_palette = (encoder.table[today].astype(np.int16) == composed).all(axis=2)
         assert (shown[in_palette] == composed[in_palette]).all()
         assert error.mean() < 1.0, error.mean()
+
+
+def test_outlier_texts_wider_than_their_cells_are_blended_in_turn(pair: list[HeatmapRenderer], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outlier's text ('-1000000000.000') overlaps its neighbours' although the layout expected texts to fit:
+    the texts are then drawn column by column, so a pixel two texts ink is blended twice in matplotlib's order."""
+    grid = (3, 4)
+    fast, ref = make(grid, fmt="{x:.3f}", vmin=-0.05, vmax=0.05), make(grid, fmt="{x:.3f}", vmin=-0.05, vmax=0.05,
+                                                                       reference=True)
+    pair += [fast, ref]
+    values = np.random.default_rng(3).uniform(-0.05, 0.05, grid)
+    values[1, 1], values[1, 2] = -1e9, 1e9
+    b = roundtrip(ref.render(values, "outliers"), tmp_path / "ref.png")
+    a = roundtrip(fast.render(values, "outliers"), tmp_path / "fast.png")
+    assert_composed(fast)
+    assert_same_look(a, b)
+    # The check sees the difference: drawing even then odd glyphs of every text at once (the passes for texts
+    # that fit their cells), each pass blended at once, is off.
+    monkeypatch.setattr(_glyphs, "_in_turn", lambda at: [slice(None)])
+    monkeypatch.setattr(fast, "_cell", 10**6)  # every text "fits"
+    fast._fast.started = False  # type: ignore[union-attr]
+    c = roundtrip(fast.render(values, "outliers"), tmp_path / "overwritten.png")
+    assert np.abs(c.astype(np.int16) - b).max() > 6
