@@ -35,7 +35,6 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +52,9 @@ META_KEY = "__weightviz__"
 STATS = ("mean", "maxabs", "rms")
 _Four = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
-#: Values reduced together on the CPU, to stay in the processor's cache (4 MiB of float32).
-CACHE_VALUES = 1 << 20
+#: Values reduced together on the CPU, to stay in one core's cache (1 MiB of float32): the
+#: reductions after the first read the group from there.
+CACHE_VALUES = 1 << 18
 #: Bands at least this big are reduced by a few threads.
 _THREADED_VALUES = 1 << 20
 #: Layers at least this big are reduced on the threads, a few layers at a time (see partials_of).
@@ -261,8 +261,15 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
                 _numpy_sketch(band[:head], g, blocks, sk)
         if whole:
             # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
-            rows_sketch = None if sk is None else _sketch_at(g + head, blocks, sk)
-            out.add_rows((g + head) // br, *_numpy_whole(band[head:head + whole], br, bc, acc, rows_sketch))
+            k0 = (g + head) // br
+            signs = None
+            if sk is not None:
+                a_signs, b_signs = _signs(blocks, lambda x, t=acc: x.astype(t), ("np", np.dtype(acc).name))
+                signs = b_signs[k0:k0 + whole // br]
+            found, y = _numpy_whole(band[head:head + whole], br, bc, acc, signs)
+            out.add_rows(k0, *found)
+            if y is not None and sk is not None:
+                _bucket(y, g + head, blocks, a_signs, sk)
         if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
             out.add_rows((g + head + whole) // br,
                          *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
@@ -271,30 +278,23 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
     return out
 
 
-def _sketch_at(at: int, blocks: BlockPlan, out: np.ndarray) -> Callable[[np.ndarray, int], None]:
-    """Sketch rows given by their offset from row ``at`` (called from the reduction's threads)."""
-
-    def rows(part: np.ndarray, offset: int) -> None:
-        _numpy_sketch(part, at + offset, blocks, out, threaded=False)
-
-    return rows
-
-
 def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
-                 sketch: Callable[[np.ndarray, int], None] | None = None) -> tuple[np.ndarray, ...]:
-    """Block statistics of whole block rows.
+                 signs: np.ndarray | None = None) -> tuple[_Four, np.ndarray | None]:
+    """Block statistics of whole block rows, and with ``signs`` their sketch's row products.
 
-    Down the rows of each block first: sums, sums of squares, maxima and minima per column,
-    each a reduction over the middle axis (vectorised over the contiguous columns), a few
-    block rows at a time so that the later reductions read them from the cache; then, still
-    per group, across the columns of each block. ``sketch`` is called on each group of rows
-    (and its first row's offset in ``band``) while it is in the cache.
+    Down the rows of each block: sums, sums of squares, maxima and minima per column, each a
+    reduction over the middle axis (vectorised over the contiguous columns), a group of block
+    rows at a time so that the later reductions read it from the cache. ``signs`` (the sketch's
+    B rows of these block rows) also gives y[k, i, c] = Σ_j B[k, j] W_ij over block column c,
+    from the same group. Each group only fills rows of a few per-column arrays: the steps
+    across the columns run once per band, because per-group Python work holds the GIL and
+    would serialise the threads.
+    Returns (total, squares, count, peak) and y (``(block rows, br, grid cols)``, or None).
     """
     k, cols = band.shape[0] // br, band.shape[1]
     gc = -(-cols // bc)
-    total, squares, top, bottom = (np.empty((k, gc)) for _ in range(4))
-    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
-    count = np.repeat(sizes[None, :] * float(br), k, axis=0)
+    sums, squared, highs, lows = (np.empty((k, cols), dtype=acc) for _ in range(4))
+    y = None if signs is None else np.empty((k, gc, br), dtype=acc)
     step = max(1, CACHE_VALUES // max(1, br * cols))
 
     def block_rows(i: int) -> None:
@@ -303,19 +303,18 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
             m = part.shape[0] // br
             cube = part.reshape(m, br, cols)
             rows = slice(i, i + m)
-            # Down the block's rows into (m, cols), then across its columns: both small and in the cache.
-            total[rows] = _across(cube.sum(1, dtype=acc), bc, np.add)
-            if np.isfinite(total[rows]).all():
-                squares[rows] = _across(np.einsum("ijk,ijk->ik", cube, cube, dtype=acc), bc, np.add)
-                top[rows] = _across(cube.max(1), bc, np.maximum)
-                bottom[rows] = _across(cube.min(1), bc, np.minimum)
-            else:  # a NaN or an infinity: the slower NaN-skipping path
-                found = _numpy_blocks(*_numpy_rows(part, bc, acc), 0, br)
-                total[rows], squares[rows], count[rows], pk = found
-                # Stored as a peak of its own magnitude on both sides, so that no tie is looked up below.
-                top[rows], bottom[rows] = pk, pk
-            if sketch is not None:
-                sketch(part, i * br)
+            cube.sum(1, dtype=acc, out=sums[rows])
+            np.einsum("ijk,ijk->ik", cube, cube, dtype=acc, out=squared[rows])
+            cube.max(1, out=highs[rows])
+            cube.min(1, out=lows[rows])
+            if y is not None and signs is not None:
+                c0 = 0
+                for p, q in zip(_split_columns(part, bc), _split_columns(signs[rows], bc), strict=True):
+                    n, w = p.shape[1], p.shape[2]
+                    # (m, blocks, rows, width) @ (m, blocks, width, 1): small matrix-vector products in BLAS.
+                    found = np.matmul(p.reshape(m, br, n, w).transpose(0, 2, 1, 3), q.reshape(m, n, w, 1))
+                    y[rows, c0:c0 + n] = found[..., 0]
+                    c0 += n
 
     starts = range(0, k, step)
     if len(starts) > 1 and band.size >= _THREADED_VALUES and not _in_pool():
@@ -326,6 +325,16 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
     else:
         for i in starts:
             block_rows(i)
+    total, squares = _across(sums, bc, np.add), _across(squared, bc, np.add)
+    top, bottom = _across(highs, bc, np.maximum), _across(lows, bc, np.minimum)
+    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
+    count = np.repeat(sizes[None, :] * float(br), k, axis=0)
+    for bad in np.nonzero(~np.isfinite(total).all(axis=1))[0]:
+        # A NaN or an infinity in this block row: the slower NaN-skipping path.
+        found = _numpy_blocks(*_numpy_rows(band[bad * br:(bad + 1) * br], bc, acc), 0, br)
+        total[bad], squares[bad], count[bad], pk = (f[0] for f in found)
+        # Stored as a peak of its own magnitude on both sides, so that no tie is looked up below.
+        top[bad], bottom[bad] = pk, pk
     with np.errstate(invalid="ignore"):
         peak = np.where(top >= -bottom, top, bottom)
         tie = (top == -bottom) & (top != 0)
@@ -333,7 +342,7 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
         # +x and -x both present: the first in row-major order wins
         block = band[a * br:(a + 1) * br, c * bc:(c + 1) * bc].reshape(-1)
         peak[a, c] = block[np.abs(block).argmax()]
-    return total, squares, count, peak
+    return (total, squares, count, peak), None if y is None else y.transpose(0, 2, 1)
 
 
 def _pool() -> ThreadPoolExecutor:
