@@ -137,13 +137,21 @@ def changed_box(previous: np.ndarray | None, index: np.ndarray,
     if previous is None:
         return (0, 0, index.shape[1], index.shape[0])
     y0, y1, x0, x1 = (0, index.shape[0], 0, index.shape[1]) if within is None else within
-    changed = index[y0:y1, x0:x1] != previous[y0:y1, x0:x1]
-    rows = np.flatnonzero(changed.any(axis=1))
+    rect = _unequal_rect(index[y0:y1, x0:x1] == previous[y0:y1, x0:x1])
+    if rect is None:
+        return None
+    top, bottom, left, right = rect
+    return (left + x0, top + y0, right + x0, bottom + y0)
+
+
+def _unequal_rect(same: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` around the ``False`` pixels of ``same``; ``None`` when there are none."""
+    rows = np.flatnonzero(~same.all(axis=1))
     if rows.size == 0:
         return None
     top, bottom = int(rows[0]), int(rows[-1]) + 1
-    cols = np.flatnonzero(changed[top:bottom].any(axis=0))
-    return (int(cols[0]) + x0, top + y0, int(cols[-1]) + 1 + x0, bottom + y0)
+    cols = np.flatnonzero(~same[top:bottom].all(axis=0))
+    return top, bottom, int(cols[0]), int(cols[-1]) + 1
 
 
 def encode_image(index: np.ndarray, box: tuple[int, int, int, int], previous: np.ndarray | None = None) -> bytes:
@@ -178,12 +186,10 @@ def _encode_changes(previous: np.ndarray, index: np.ndarray, within: tuple[int, 
         return None
     new = index[y0:y1, x0:x1]
     same = new == previous[y0:y1, x0:x1]
-    rows = np.flatnonzero(~same.all(axis=1))
-    if rows.size == 0:
+    rect = _unequal_rect(same)
+    if rect is None:
         return None
-    top, bottom = int(rows[0]), int(rows[-1]) + 1
-    cols = np.flatnonzero(~same[top:bottom].all(axis=0))
-    left, right = int(cols[0]), int(cols[-1]) + 1
+    top, bottom, left, right = rect
     # TRANSPARENT is 255 (all bits set): OR-ing 255 into unchanged pixels marks them in one pass.
     part = np.negative(same[top:bottom, left:right].view(np.uint8))
     np.bitwise_or(part, new[top:bottom, left:right], out=part)
