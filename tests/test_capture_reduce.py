@@ -308,6 +308,37 @@ def test_a_nan_in_one_group_of_block_rows_leaves_the_others_on_the_fast_path(mon
     np.testing.assert_array_equal(found.sketch, single.sketch)
 
 
+def test_short_and_narrow_blocks_go_in_pieces_with_the_same_statistics_and_sketch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(12)
+    wide = rng.normal(size=(130, 9000)).astype(np.float32)  # blocks of 3 × 141: few rows, many columns
+    tall = rng.normal(size=(7000, 40)).astype(np.float32)  # blocks of 110 × 1: one column
+    tall[1234, 7] = np.nan  # a NaN in one piece
+    calls: list[int] = []
+    real = reduce._numpy_whole
+
+    def spy(band: np.ndarray, *args: object) -> object:
+        calls.append(band.shape[0])
+        return real(band, *args)  # type: ignore[arg-type]
+
+    for w in (wide, tall):
+        blocks = reduce.plan(w.shape, 64, 64)
+        whole = reduce.partial_of(w, 0, blocks, sketch=True)
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(reduce, "_PIECE_VALUES", 5000)
+            m.setattr(reduce, "_numpy_whole", spy)
+            pieces = reduce.partial_of(w, 0, blocks, sketch=True)
+        assert len(calls) > 3  # the band did go in pieces, each of whole block rows
+        assert all(n % blocks.block[0] == 0 for n in calls)
+        for stat in reduce.STATS:
+            np.testing.assert_array_equal(pieces.stats()[stat], whole.stats()[stat])
+        assert pieces.sketch is not None
+        assert whole.sketch is not None
+        np.testing.assert_array_equal(pieces.sketch, whole.sketch)
+        assert_stats(whole.stats(), block_stats(w))
+
+
 def test_layers_reduced_side_by_side_equal_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

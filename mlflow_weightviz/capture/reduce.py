@@ -55,6 +55,9 @@ _NUMPY_FRIENDLY = frozenset({"torch.float32", "torch.float64", "torch.float16"})
 #: Values reduced together on the CPU, to stay in one core's cache (1 MiB of float32): the
 #: reductions after the first read the group from there.
 CACHE_VALUES = 1 << 18
+#: The per-column arrays of a piece of whole block rows, and its sketch row products, hold at most
+#: this many values (unless one block row has more columns).
+_PIECE_VALUES = 1 << 20
 #: Bands at least this big are reduced by a few threads.
 _THREADED_VALUES = 1 << 20
 #: Layers at least this big are reduced on the threads, a few layers at a time (see partials_of).
@@ -259,17 +262,23 @@ def _numpy_partial(mat: np.ndarray, row0: int, blocks: BlockPlan, sketch: bool =
             out.add_rows(g // br, *_numpy_blocks(*_numpy_rows(band[:head], bc, acc), g % br, br))
             if sk is not None:
                 _numpy_sketch(band[:head], g, blocks, sk)
-        if whole:
-            # The sketch of whole block rows is taken while they are in the cache (see _numpy_whole).
-            k0 = (g + head) // br
+        # Whole block rows, in pieces whose per-column arrays (one value per block row and column) and
+        # sketch row products (one per row and block column) stay small, even for short or narrow blocks.
+        rows_cap = _PIECE_VALUES // max(1, mat.shape[1]) * br
+        if sk is not None:
+            rows_cap = min(rows_cap, _PIECE_VALUES // blocks.grid[1])
+        piece = max(br, rows_cap // br * br)
+        for s0 in range(head, head + whole, piece):
+            s1 = min(head + whole, s0 + piece)
+            k0 = (g + s0) // br
             signs = None
             if sk is not None:
                 a_signs, b_signs = _signs(blocks, lambda x, t=acc: x.astype(t), ("np", np.dtype(acc).name))
-                signs = b_signs[k0:k0 + whole // br]
-            found, y = _numpy_whole(band[head:head + whole], br, bc, acc, signs)
+                signs = b_signs[k0:k0 + (s1 - s0) // br]
+            found, y = _numpy_whole(band[s0:s1], br, bc, acc, signs)
             out.add_rows(k0, *found)
             if y is not None and sk is not None:
-                _bucket(y, g + head, blocks, a_signs, sk)
+                _bucket(y, g + s0, blocks, a_signs, sk)
         if head + whole < band.shape[0]:  # the start of a block row that goes on after these rows
             out.add_rows((g + head + whole) // br,
                          *_numpy_blocks(*_numpy_rows(band[head + whole:], bc, acc), 0, br))
