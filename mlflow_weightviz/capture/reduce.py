@@ -12,11 +12,12 @@ How it is computed, so that nothing big is copied and memory stays bounded:
    band is ever upcast, so a bf16/fp16 layer never gets a float32 copy of its own size).
 2. Whole block rows, a few at a time so that they stay in the cache: per column, the
    sum, the sum of squares, the maximum and the minimum down the block's rows (reductions
-   over the middle axis, vectorised over the contiguous columns), then across each block's
-   columns. On the CPU a few threads share the work: several big layers side by side
-   (:func:`partials_of`), or one big layer's groups of block rows. Groups with a NaN or an
-   infinity, and the partial block rows at a band's or a shard's edges, take a slower
-   path per row and block column (NaN-skipping where needed).
+   over the middle axis, vectorised over the contiguous columns), into per-column arrays;
+   then, once per piece of the band (at most :data:`_PIECE_VALUES` values in those arrays),
+   across each block's columns. On the CPU a few threads share the work: several big
+   layers side by side (:func:`partials_of`), or one big layer's groups of block rows.
+   Block rows with a NaN or an infinity, and the partial block rows at a band's or a
+   shard's edges, take a slower path per row and block column (NaN-skipping where needed).
 3. Only the ``(block rows, grid cols)`` result reaches the host, as a :class:`Partial`
    (on an accelerator the rows are merged there first).
 
@@ -296,8 +297,8 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
     rows at a time so that the later reductions read it from the cache. ``signs`` (the sketch's
     B rows of these block rows) also gives y[k, i, c] = Σ_j B[k, j] W_ij over block column c,
     from the same group. Each group only fills rows of a few per-column arrays: the steps
-    across the columns run once per band, because per-group Python work holds the GIL and
-    would serialise the threads.
+    across the columns run once per call (a piece of a band), because per-group Python work
+    holds the GIL and would serialise the threads.
     Returns (total, squares, count, peak) and y (``(block rows, br, grid cols)``, or None).
     """
     k, cols = band.shape[0] // br, band.shape[1]
