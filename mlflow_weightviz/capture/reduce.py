@@ -598,31 +598,21 @@ def _block_rows_of(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _numpy_sketch(band: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray, threaded: bool = True) -> None:
-    """Add the block sketch of ``band`` (rows ``g, g + 1, ...``) into ``out``."""
-    acc = np.float64 if band.dtype == np.float64 else np.float32
+def _numpy_sketch(part: np.ndarray, g: int, blocks: BlockPlan, out: np.ndarray) -> None:
+    """Add the block sketch of ``part`` (rows ``g, g + 1, ...``, all in one block row) into ``out``.
+
+    For the partial block rows at a band's or a shard's edges; whole block rows are sketched
+    by :func:`_numpy_whole`.
+    """
+    acc = np.float64 if part.dtype == np.float64 else np.float32
     a, b = _signs(blocks, lambda x: x.astype(acc), ("np", np.dtype(acc).name))
-    br, bc = blocks.block
-
-    def one(item: tuple[int, int, int]) -> None:
-        k, lo, hi = item
-        m = 1
-        if hi - lo > br:  # whole block rows k, k + 1, ... at once
-            m = (hi - lo) // br
-        seg = band[lo:hi]
-        # Per row and block column Σ_j B[k, j] W_ij (rows read while in the cache), then · A[i, c].
-        # (m, blocks, rows, width) @ (m, blocks, width, 1): small matrix-vector products, no temporary of the rows.
-        y = np.concatenate([np.matmul(p.reshape(m, -1, *p.shape[1:]).transpose(0, 2, 1, 3), q[..., None])[..., 0]
-                            for p, q in zip(_split_columns(seg, bc), _split_columns(b[k:k + m], bc), strict=True)],
-                           axis=1).transpose(0, 2, 1)
-        _bucket(y, g + lo, blocks, a, out)
-
-    items = _sketch_items(band.shape[0], g, br)
-    if threaded and len(items) > 1 and band.size >= _THREADED_VALUES and not _in_pool():
-        list(_pool().map(one, items))  # each item writes its own block rows of ``out``
-    else:
-        for item in items:
-            one(item)
+    k, bc = g // blocks.block[0], blocks.block[1]
+    # Per row and block column Σ_j B[k, j] W_ij, then · A[i, c] (in _bucket).
+    # (1, blocks, rows, width) @ (1, blocks, width, 1): small matrix-vector products, no temporary of the rows.
+    y = np.concatenate([np.matmul(p.reshape(1, *p.shape).transpose(0, 2, 1, 3), q[..., None])[..., 0]
+                        for p, q in zip(_split_columns(part, bc), _split_columns(b[k:k + 1], bc), strict=True)],
+                       axis=1).transpose(0, 2, 1)
+    _bucket(y, g, blocks, a, out)
 
 
 def _bucket(y: np.ndarray, first: int, blocks: BlockPlan, a: np.ndarray, out: np.ndarray) -> None:
@@ -640,21 +630,6 @@ def _bucket(y: np.ndarray, first: int, blocks: BlockPlan, a: np.ndarray, out: np
         y = np.pad(y, ((0, 0), (shift, -(shift + y.shape[1]) % nb), (0, 0)))
     # (The signs make exact products; the bucket sums are taken in float64.)
     out[k * nb:(k + m) * nb] += y.reshape(m, -1, nb, gc).sum(1, dtype=np.float64).reshape(m * nb, gc)
-
-
-def _sketch_items(n: int, g: int, br: int) -> list[tuple[int, int, int]]:
-    """The rows ``g .. g + n - 1`` as (first block row, first, end): partial block rows alone, whole ones by a few."""
-    out: list[tuple[int, int, int]] = []
-    group = max(1, CACHE_VALUES // (br * 1024))  # whole block rows sketched together (fewer, larger calls)
-    for k, lo, hi in _block_rows_of(n, g, br):
-        last = out[-1] if out else None
-        whole = hi - lo == br
-        if whole and last is not None and last[2] - last[1] >= br and last[2] == lo \
-                and (last[2] - last[1]) // br < group:
-            out[-1] = (last[0], last[1], hi)
-        else:
-            out.append((k, lo, hi))
-    return out
 
 
 def _torch_sketch(band: Any, g: int, blocks: BlockPlan, out: np.ndarray) -> None:
