@@ -788,6 +788,8 @@ class _IndexTables:
         self._static: np.ndarray | None = None
         self._static_packed: np.ndarray | None = None
         self._packed_version = -1
+        self._keys_version = -1
+        self.static_key = np.zeros(0, np.int32)
         text = c.text_rgb.astype(np.uint32)
         self.text_spread = _spread((text[:, 0] << 16) | (text[:, 1] << 8) | text[:, 2])
         self.rgb_packed = np.zeros(1, np.uint32)
@@ -796,6 +798,7 @@ class _IndexTables:
         self.cell = np.zeros(1, np.uint8)
         self.patterns = np.zeros((1, n_patterns), np.uint8)
         self.text = np.full((1, 512), _NO_INDEX, np.uint8)  # [colour, dark * 256 + alpha]
+        self.text_blends = np.zeros((1, 512), np.uint64)  # the same blends' colours, spread (see _spread)
         rows, cols = c.r.grid
         self.n_cells = rows * cols
         if c.r._probe is not None:
@@ -812,6 +815,9 @@ class _IndexTables:
             self.mark = np.zeros(c.height * c.width, np.int32)  # the last glyph entry to ink each pixel
             self.first = np.zeros(c.height * c.width, np.int32)
             self.flag = np.zeros(c.height * c.width, bool)
+            # Pixels outside the cells and the grid's blends (fixed grid pixels, margins): their colour
+            # is the static picture's, so texts over them use the same tables as over a cell.
+            self.static_under = (under == self.n_cells) & (self.slot < 0)
 
     def static_index(self) -> np.ndarray:
         """The static picture (what lies outside the cells) as indices, mapped again after a colorbar redraw."""
@@ -823,6 +829,10 @@ class _IndexTables:
     def ids(self, colours: np.ndarray) -> np.ndarray:
         """The colour ids of (n, 3) uint8 cell colours, adding the colours not seen yet."""
         keys = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
+        return self.packed_ids(keys)
+
+    def packed_ids(self, keys: np.ndarray) -> np.ndarray:
+        """The colour ids of ``0xRRGGBB`` colours (int64), adding the colours not seen yet."""
         at = np.searchsorted(self.sorted_keys, keys)
         seen = at < self.sorted_keys.size
         seen[seen] = self.sorted_keys[at[seen]] == keys[seen]
@@ -853,11 +863,17 @@ class _IndexTables:
         mix = rgb[:, None, None, :] * (255 - a) + text * a + 128
         blends = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
         self.text = np.vstack([self.text, np.asarray(self.quantize(blends), np.uint8).reshape(len(keys), 512)])
+        b32 = blends.astype(np.uint32)
+        self.text_blends = np.vstack([self.text_blends, _spread((b32[..., 0] << 16) | (b32[..., 1] << 8)
+                                                                | b32[..., 2]).reshape(len(keys), 512)])
 
     def stamp(self, g: _Glyphs, dark: np.ndarray, cid: np.ndarray, colours: np.ndarray, flat: np.ndarray) -> None:
         """Write the value texts' pixels into ``flat`` (the index frame), as blending them in RGB and mapping would."""
         dark_at = np.repeat(dark.astype(np.int32)[g.cells] << 8, g.counts)  # each pixel's text colour, × 256
         key = np.append(cid.astype(np.int32) << 9, np.int32(0))[self.under[g.at]]  # what lies under it, × 512
+        static = self.static_under[g.at]
+        if static.any():  # over the static picture: the id of its colour there
+            key[static] = self._static_keys(g.at[static])
         key += dark_at
         key += g.alpha
         index = self.text.reshape(-1)[key]
@@ -874,14 +890,15 @@ class _IndexTables:
         slow |= index == _NO_INDEX
         flat[g.at] = index
         if slow.any():
-            self._exact(g, np.flatnonzero(slow).astype(np.int32), last, dark_at, cid, flat)
+            self._exact(g, np.flatnonzero(slow).astype(np.int32), last, dark_at, cid, flat, key)
 
     def _exact(self, g: _Glyphs, sel: np.ndarray, last: np.ndarray, dark_at: np.ndarray, cid: np.ndarray,
-               flat: np.ndarray) -> None:
+               flat: np.ndarray, key: np.ndarray) -> None:
         """The pixels of entries ``sel`` blended in RGB over exactly what lies under them, in order, then mapped.
 
-        Most are inked once (over a grid line or the margins) or twice (two glyphs); those are
-        blended in two vectorised steps. Pixels inked three times or more go pass by pass.
+        Most are inked twice (two glyphs) or once over a grid line's blend; those are blended in
+        two vectorised steps, the first from the table of text blends where the colour under the
+        pixel has an id (``key``, as in :meth:`stamp`). Pixels inked three times or more go pass by pass.
         """
         at = g.at[sel]
         self.first[at[::-1]] = sel[::-1]  # each pixel's first glyph (in drawing order)
@@ -896,7 +913,13 @@ class _IndexTables:
             heads &= ~deep
             self._passes(g, sel[deep], dark_at, cid, flat)
         head, pixels, tail = sel[heads], at[heads], final[heads]
-        rgb = _blend(_spread(self._under(pixels, cid)), self.text_spread[dark_at[head] >> 8], g.alpha[head])
+        found = key[head]
+        rgb = self.text_blends.reshape(-1)[found]
+        unknown = found < 512  # no id: over a grid line's blend of a cell's colour
+        if unknown.any():
+            h = head[unknown]
+            rgb[unknown] = _blend(_spread(self._under(pixels[unknown], cid)), self.text_spread[dark_at[h] >> 8],
+                                  g.alpha[h])
         two = tail != head
         if two.any():
             t = tail[two]
@@ -916,15 +939,32 @@ class _IndexTables:
             rgb[w] = _blend(rgb[w], colour[lo:hi], alpha[lo:hi])
         flat[pixels] = self.quantize.lookup(_packed(rgb))
 
-    def _under(self, pixels: np.ndarray, cid: np.ndarray) -> np.ndarray:
-        """The exact colours (packed ``0xRRGGBB``) under ``pixels`` before any text: cells, grid blends, else static."""
+    def _static_keys(self, pixels: np.ndarray) -> np.ndarray:
+        """The colour ids × 512 of the static picture at ``pixels``, kept per pixel once looked up."""
+        if self._keys_version != self.c.static_version:
+            self.static_key = np.full(self.c.height * self.c.width, -1, np.int32)
+            self._keys_version = self.c.static_version
+        found = np.asarray(self.static_key[pixels])
+        new = found < 0
+        if new.any():
+            fresh = self.packed_ids(self.static_packed()[pixels[new]].astype(np.int64)).astype(np.int32) << 9
+            self.static_key[pixels[new]] = found[new] = fresh
+        return found
+
+    def static_packed(self) -> np.ndarray:
+        """The static picture as packed ``0xRRGGBB`` colours, one per pixel (made again after a colorbar redraw)."""
         c = self.c
         if self._static_packed is None or self._packed_version != c.static_version:
             rgb = c.static.reshape(-1, 3)
             self._static_packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
             self._packed_version = c.static_version
+        return self._static_packed
+
+    def _under(self, pixels: np.ndarray, cid: np.ndarray) -> np.ndarray:
+        """The exact colours (packed ``0xRRGGBB``) under ``pixels`` before any text: cells, grid blends, else static."""
+        c = self.c
         kind = self.under[pixels].astype(np.intp)
-        packed = self._static_packed[pixels]
+        packed = self.static_packed()[pixels]
         plain = kind < self.n_cells
         packed[plain] = self.rgb_packed[cid[kind[plain]]]
         slot = self.slot[pixels]
