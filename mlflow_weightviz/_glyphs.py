@@ -50,10 +50,6 @@ _PRIVATE = (
 )
 
 _DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
-#: A text table entry that means "blend this pixel exactly" (the palette's transparent index, never an answer).
-_NO_INDEX = 255
-
-
 def supported(version: str) -> bool:
     """Whether a matplotlib version string, e.g. ``"3.11.2"``, lies in :data:`SUPPORTED`."""
     match = re.match(r"(\d+)\.(\d+)", version)
@@ -350,9 +346,9 @@ class Composer:
 
         Nothing is drawn in RGB but the title band: cells take their colour's index, grid
         pixels one of a few blend patterns over it, and each value-text pixel the index of
-        its blend, from a table per cell colour (text colour × coverage → index). Pixels
-        where two glyphs overlap, or over a grid line or the margins, are blended exactly in
-        RGB, in matplotlib's order, and then mapped. ``None``, with nothing drawn, when the
+        its blend, from a table per colour under it (a cell's, a grid line's blend, the
+        margins'; text colour × coverage → index). Pixels where two glyphs overlap are blended
+        exactly in RGB, in matplotlib's order, and then mapped. ``None``, with nothing drawn, when the
         frame may differ anywhere (the first frame, a new colour scale): the caller draws it
         with :meth:`render` and maps it whole.
 
@@ -773,9 +769,10 @@ class _IndexTables:
     text blend over it. Per pixel: what lies under it, for the value texts.
 
     Cell colours come from the colormap's table, so there are at most a few hundred of them over a
-    whole animation; each is mapped once, when first seen. Colour id 0 is "no plain cell colour
-    here": its text entries are :data:`~mlflow_weightviz.encoders.TRANSPARENT`, which the exact path
-    then replaces.
+    whole animation; each is mapped once, when first seen. The blends of grid lines over them,
+    and the static picture's colours under texts, get ids too when first met, so that every value-text
+    pixel inked once is a table lookup. Colour id 0 is unused ("no plain cell colour here" in
+    :meth:`stamp`, before the pixel's own id is found).
     """
 
     def __init__(self, c: Composer, quantize: Any) -> None:
@@ -797,8 +794,9 @@ class _IndexTables:
         self._static_version = -1
         self.cell = np.zeros(1, np.uint8)
         self.patterns = np.zeros((1, n_patterns), np.uint8)
-        self.text = np.full((1, 512), _NO_INDEX, np.uint8)  # [colour, dark * 256 + alpha]
+        self.text = np.zeros((1, 512), np.uint8)  # [colour, dark * 256 + alpha]
         self.text_blends = np.zeros((1, 512), np.uint64)  # the same blends' colours, spread (see _spread)
+        self.pattern_ids = np.full((1, n_patterns), -1, np.int32)  # [colour, grid pattern]: the blend's colour id
         rows, cols = c.r.grid
         self.n_cells = rows * cols
         if c.r._probe is not None:
@@ -815,9 +813,6 @@ class _IndexTables:
             self.mark = np.zeros(c.height * c.width, np.int32)  # the last glyph entry to ink each pixel
             self.first = np.zeros(c.height * c.width, np.int32)
             self.flag = np.zeros(c.height * c.width, bool)
-            # Pixels outside the cells and the grid's blends (fixed grid pixels, margins): their colour
-            # is the static picture's, so texts over them use the same tables as over a cell.
-            self.static_under = (under == self.n_cells) & (self.slot < 0)
 
     def static_index(self) -> np.ndarray:
         """The static picture (what lies outside the cells) as indices, mapped again after a colorbar redraw."""
@@ -863,6 +858,7 @@ class _IndexTables:
         mix = rgb[:, None, None, :] * (255 - a) + text * a + 128
         blends = ((mix + (mix >> 8)) >> 8).astype(np.uint8)
         self.text = np.vstack([self.text, np.asarray(self.quantize(blends), np.uint8).reshape(len(keys), 512)])
+        self.pattern_ids = np.vstack([self.pattern_ids, np.full((len(keys), self.n_patterns), -1, np.int32)])
         b32 = blends.astype(np.uint32)
         self.text_blends = np.vstack([self.text_blends, _spread((b32[..., 0] << 16) | (b32[..., 1] << 8)
                                                                 | b32[..., 2]).reshape(len(keys), 512)])
@@ -871,9 +867,9 @@ class _IndexTables:
         """Write the value texts' pixels into ``flat`` (the index frame), as blending them in RGB and mapping would."""
         dark_at = np.repeat(dark.astype(np.int32)[g.cells] << 8, g.counts)  # each pixel's text colour, × 256
         key = np.append(cid.astype(np.int32) << 9, np.int32(0))[self.under[g.at]]  # what lies under it, × 512
-        static = self.static_under[g.at]
-        if static.any():  # over the static picture: the id of its colour there
-            key[static] = self._static_keys(g.at[static])
+        other = np.flatnonzero(key == 0)
+        if other.size:  # not over a cell's plain colour: over a grid line's blend, or the static picture
+            key[other] = self._other_keys(g.at[other], cid)
         key += dark_at
         key += g.alpha
         index = self.text.reshape(-1)[key]
@@ -887,7 +883,6 @@ class _IndexTables:
             self.flag[twice] = True
             slow = self.flag[g.at]
             self.flag[twice] = False
-        slow |= index == _NO_INDEX
         flat[g.at] = index
         if slow.any():
             self._exact(g, np.flatnonzero(slow).astype(np.int32), last, dark_at, cid, flat, key)
@@ -896,9 +891,9 @@ class _IndexTables:
                flat: np.ndarray, key: np.ndarray) -> None:
         """The pixels of entries ``sel`` blended in RGB over exactly what lies under them, in order, then mapped.
 
-        Most are inked twice (two glyphs) or once over a grid line's blend; those are blended in
-        two vectorised steps, the first from the table of text blends where the colour under the
-        pixel has an id (``key``, as in :meth:`stamp`). Pixels inked three times or more go pass by pass.
+        Most are inked twice (two glyphs): the first blend comes from the table of text blends of
+        the colour under the pixel (``key``, as in :meth:`stamp`), the second is computed. Pixels
+        inked three times or more go pass by pass.
         """
         at = g.at[sel]
         self.first[at[::-1]] = sel[::-1]  # each pixel's first glyph (in drawing order)
@@ -913,13 +908,7 @@ class _IndexTables:
             heads &= ~deep
             self._passes(g, sel[deep], dark_at, cid, flat)
         head, pixels, tail = sel[heads], at[heads], final[heads]
-        found = key[head]
-        rgb = self.text_blends.reshape(-1)[found]
-        unknown = found < 512  # no id: over a grid line's blend of a cell's colour
-        if unknown.any():
-            h = head[unknown]
-            rgb[unknown] = _blend(_spread(self._under(pixels[unknown], cid)), self.text_spread[dark_at[h] >> 8],
-                                  g.alpha[h])
+        rgb = self.text_blends.reshape(-1)[key[head]]
         two = tail != head
         if two.any():
             t = tail[two]
@@ -938,6 +927,29 @@ class _IndexTables:
             w = inverse[lo:hi]
             rgb[w] = _blend(rgb[w], colour[lo:hi], alpha[lo:hi])
         flat[pixels] = self.quantize.lookup(_packed(rgb))
+
+    def _other_keys(self, pixels: np.ndarray, cid: np.ndarray) -> np.ndarray:
+        """Colour ids × 512 of what lies under ``pixels`` that are not a cell's plain colour.
+
+        Over a grid line's blend: the id of that blend of the cell's colour (the blends are colours
+        like any other, given ids as they are first met). Elsewhere: the static picture's colour.
+        With an id, a text pixel over them is looked up in the tables like one over a cell.
+        """
+        out = np.empty(pixels.size, np.int32)
+        slot = self.slot[pixels]
+        grid = slot >= 0
+        if not grid.all():
+            out[~grid] = self._static_keys(pixels[~grid])
+        if grid.any():
+            j = slot[grid]
+            colour, pattern = cid[self.c.mixed_cell[j]], self.c.mixed_pattern[j]
+            ids = self.pattern_ids[colour, pattern]
+            new = ids < 0
+            if new.any():
+                ids[new] = self.packed_ids(self.patterns_packed[colour[new], pattern[new]].astype(np.int64))
+                self.pattern_ids[colour[new], pattern[new]] = ids[new]
+            out[grid] = ids << 9
+        return out
 
     def _static_keys(self, pixels: np.ndarray) -> np.ndarray:
         """The colour ids × 512 of the static picture at ``pixels``, kept per pixel once looked up."""
