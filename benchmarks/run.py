@@ -238,7 +238,13 @@ def m_floor(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
-    """The physical limit of a frame: Pillow's LZW of the same frames as palette indices, one full frame each."""
+    """The physical limit of a frame: Pillow's LZW of the same frames as palette indices, one full frame each.
+
+    Measured side by side with this project's own steady frames, in turn in one process: each
+    frame is made (``encode_next``, timed), then its full indices are LZW-encoded (timed
+    apart). Both see the same machine at the same moments, so their ratio holds even when the
+    machine's speed drifts between processes (on this shared 2-vCPU machine it does, by ±20%).
+    """
     from mlflow_weightviz.encoders import encode_image, encode_next
     from mlflow_weightviz.frames import HeatmapRenderer
 
@@ -247,17 +253,20 @@ def m_lzw_floor(a: dict[str, Any]) -> dict[str, Any]:
     kw = renderer_kwargs(tuple(stack.shape[1:]), original=True)
     renderer = HeatmapRenderer(kw.pop("grid"), **kw)
     encoder = None
-    indices = []
+    width, height = renderer.size
+    made, lzw = 0.0, 0.0
     for i in range(n):
+        t0 = time.perf_counter()
         encoder, _ = encode_next(renderer, encoder, stack[i], f"weights  ·  step {i}  ·  frame {i + 1}/{n}",
                                  (0.0, 0.05))
+        t1 = time.perf_counter()
         assert encoder.previous is not None
-        indices.append(encoder.previous)
-    width, height = renderer.size
-    t0 = time.perf_counter()
-    for index in indices:
-        encode_image(index, (0, 0, width, height))
-    return {"lzw_full_ms": (time.perf_counter() - t0) / n * 1000, "frames": n, "size": [width, height]}
+        encode_image(encoder.previous, (0, 0, width, height))
+        if i:  # the first frame (setup) is not a steady one
+            made, lzw = made + (t1 - t0), lzw + (time.perf_counter() - t1)
+    steps = max(1, n - 1)
+    return {"lzw_full_ms": lzw / steps * 1000, "steady_ms": made / steps * 1000, "frames": n,
+            "size": [width, height]}
 
 
 def m_profile(a: dict[str, Any]) -> dict[str, Any]:
@@ -548,8 +557,11 @@ class Bench:
                         options={"size": list(ORIGINAL_SIZE), "fmt": ORIGINAL_FMT, "annotate": True, "cmap": "YlGn",
                                  "vmin": 0.0, "vmax": 0.05, "row_label": "embed_dim_", "col_label": "orig_dim_",
                                  "workers": workers}))
+                # The floor and this project's steady frames, side by side in one process.
+                runs.setdefault("floor", []).append(self.measure("lzw_floor", data=str(data), frames=ours_frames))
             same_frames = self.measure("direct", data=str(same), workers=1, out=str(self.work / "same.gif"))
-            floor = self.measure("lzw_floor", data=str(data), frames=min(ours_frames, 60))
+            floor = {"lzw_full_ms": med(runs["floor"], "lzw_full_ms"), "steady_ms": med(runs["floor"], "steady_ms"),
+                     "ratio": statistics.median(r["steady_ms"] / r["lzw_full_ms"] for r in runs.pop("floor"))}
             rows_out.append({"grid": grid, "runs": runs, "same_frames": same_frames, "base_frames": base_frames,
                              "ours_frames": ours_frames, "lzw_floor": floor})
         return rows_out
@@ -692,7 +704,9 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
         add("| " + " | ".join(cells) + " |")
     add("")
     add("The floor: Pillow's LZW of the same frames given as palette indices, one full frame each (the "
-        "encoder's limit), against this project's steady ms/frame in one process; and the original's look from "
+        "encoder's limit), against this project's steady ms/frame, measured side by side: in one process each "
+        "frame is made, then its full indices are LZW-encoded, timed apart (300 frames, the first not counted; "
+        "median over the repetitions of the ratio). And the original's look from "
         "the command line (`render-file --size 1500x1000 --fmt '{x:.9f}' --cmap YlGn --vmin 0 --vmax 0.05 "
         "--row-label embed_dim_ --col-label orig_dim_`, 9 pt values).")
     add("")
@@ -702,11 +716,10 @@ def report(b: Bench, res: dict[str, Any], elapsed: float) -> str:
     for row in res["paired"]:
         g = f"{row['grid'][0]}×{row['grid'][1]}"
         runs = row["runs"]
-        floor_ms = row["lzw_floor"]["lzw_full_ms"] if "lzw_floor" in row else None
-        steady = med(runs["ours w1"], "steady_ms_per_frame")
+        fl = row.get("lzw_floor", {})
         orig = med(runs["original"], "ms_per_frame") if "original" in runs else None
-        cells = [g, fmt_ms(floor_ms) if floor_ms else "–", fmt_ms(steady),
-                 f"**{steady / floor_ms:.2f}×**" if floor_ms else "–"]
+        cells = [g, fmt_ms(fl["lzw_full_ms"]) if fl else "–", fmt_ms(fl["steady_ms"]) if fl else "–",
+                 f"**{fl['ratio']:.2f}×**" if fl else "–"]
         for key in ("cli look w1", "cli look w2"):
             if key in runs:
                 ms = med(runs[key], "ms_per_frame")
@@ -952,8 +965,9 @@ def main() -> None:
         for row in only.get("paired", []):
             runs = row["runs"]
             orig = med(runs["original"], "ms_per_frame") if "original" in runs else float("nan")
-            floor = row["lzw_floor"]["lzw_full_ms"]
-            print(f"{row['grid'][0]}x{row['grid'][1]}: original {orig:.0f} ms/frame; LZW floor {floor:.1f} ms; "
+            fl = row["lzw_floor"]
+            print(f"{row['grid'][0]}x{row['grid'][1]}: original {orig:.0f} ms/frame; LZW floor {fl['lzw_full_ms']:.1f} "
+                  f"ms, steady beside it {fl['steady_ms']:.1f} ms ({fl['ratio']:.2f}x floor); "
                   + "; ".join(f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x), steady "
                               f"{med(r, 'steady_ms_per_frame'):.1f}" if "steady_ms_per_frame" in r[0] else
                               f"{k} {med(r, 'ms_per_frame'):.1f} ms ({orig / med(r, 'ms_per_frame'):.1f}x)"
