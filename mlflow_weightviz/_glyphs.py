@@ -895,25 +895,24 @@ class _IndexTables:
         the colour under the pixel (``key``, as in :meth:`stamp`), the second is computed. Pixels
         inked three times or more go pass by pass.
         """
-        at = g.at[sel]
-        self.first[at[::-1]] = sel[::-1]  # each pixel's first glyph (in drawing order)
-        first, final = self.first[at], last[sel]
-        heads = sel == first
-        middle = ~heads & (sel != final)
-        if middle.any():  # inked three times or more
+        final = last[sel]
+        heads = final != sel  # not the last glyph on its pixel
+        if 2 * int(np.count_nonzero(heads)) != sel.size:  # some pixel is inked three times or more
+            at = g.at[sel]
+            self.first[at[::-1]] = sel[::-1]  # each pixel's first glyph (in drawing order)
+            heads = sel == self.first[at]
+            middle = ~heads & (sel != final)
             many = at[middle]
             self.flag[many] = True
             deep = self.flag[at]
             self.flag[many] = False
             heads &= ~deep
             self._passes(g, sel[deep], dark_at, cid, flat)
-        head, pixels, tail = sel[heads], at[heads], final[heads]
-        rgb = self.text_blends.reshape(-1)[key[head]]
-        two = tail != head
-        if two.any():
-            t = tail[two]
-            rgb[two] = _blend(rgb[two], self.text_spread[dark_at[t] >> 8], g.alpha[t])
-        flat[pixels] = self.quantize.lookup(_packed(rgb))
+        # Each remaining pixel is inked exactly twice: by entry ``head``, then by entry ``tail``.
+        head = sel[heads]
+        tail = final[heads]
+        rgb = _blend(self.text_blends.reshape(-1)[key[head]], self.text_spread[dark_at[tail] >> 8], g.alpha[tail])
+        flat[g.at[head]] = self.quantize.lookup(_packed(rgb))
 
     def _passes(self, g: _Glyphs, sel: np.ndarray, dark_at: np.ndarray, cid: np.ndarray, flat: np.ndarray) -> None:
         """The general case: entries ``sel`` (every entry of their pixels) blended pass by pass."""
