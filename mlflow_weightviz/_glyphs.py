@@ -786,7 +786,6 @@ class _IndexTables:
         self._static_packed: np.ndarray | None = None
         self._packed_version = -1
         self._keys_version = -1
-        self.static_key = np.zeros(0, np.int32)
         text = c.text_rgb.astype(np.uint32)
         self.text_spread = _spread((text[:, 0] << 16) | (text[:, 1] << 8) | text[:, 2])
         self.rgb_packed = np.zeros(1, np.uint32)
@@ -800,9 +799,9 @@ class _IndexTables:
         rows, cols = c.r.grid
         self.n_cells = rows * cols
         if c.r._probe is not None:
-            # What lies under each pixel: a cell's plain colour (its number), else n_cells.
-            kind = np.int16 if self.n_cells < 32767 else np.int32
-            under = np.full(c.height * c.width, self.n_cells, kind)
+            # What lies under each pixel: a cell's plain colour (its number); the static picture's colour
+            # with id k (n_cells + 1 + k), once met under a text; else n_cells.
+            under = np.full(c.height * c.width, self.n_cells, np.int32)
             plain = under.reshape(c.height, c.width)
             plain[c.y0:c.y1, c.x0:c.x1] = c.row_of[:, None] * cols + c.col_of[None, :]
             under[c.fixed_px] = self.n_cells
@@ -866,7 +865,13 @@ class _IndexTables:
     def stamp(self, g: _Glyphs, dark: np.ndarray, cid: np.ndarray, colours: np.ndarray, flat: np.ndarray) -> None:
         """Write the value texts' pixels into ``flat`` (the index frame), as blending them in RGB and mapping would."""
         dark_at = np.repeat(dark.astype(np.int32)[g.cells] << 8, g.counts)  # each pixel's text colour, × 256
-        key = np.append(cid.astype(np.int32) << 9, np.int32(0))[self.under[g.at]]  # what lies under it, × 512
+        if self._keys_version != self.c.static_version:  # a new static picture: its colours are met afresh
+            self.under[self.under > self.n_cells] = self.n_cells
+            self._keys_version = self.c.static_version
+        # What lies under each pixel, as a colour id × 512 (0: not known yet).
+        known = np.concatenate([cid.astype(np.int32) << 9, np.zeros(1, np.int32),
+                                np.arange(len(self.rgb_packed), dtype=np.int32) << 9])
+        key = known[self.under[g.at]]
         other = np.flatnonzero(key == 0)
         if other.size:  # not over a cell's plain colour: over a grid line's blend, or the static picture
             key[other] = self._other_keys(g.at[other], cid)
@@ -879,10 +884,7 @@ class _IndexTables:
         last = self.mark[g.at]
         slow = last != order
         if slow.any():
-            twice = g.at[slow]
-            self.flag[twice] = True
-            slow = self.flag[g.at]
-            self.flag[twice] = False
+            slow[last[slow]] = True  # and the last glyph of each such pixel
         flat[g.at] = index
         if slow.any():
             self._exact(g, np.flatnonzero(slow).astype(np.int32), last, dark_at, cid, flat, key)
@@ -931,14 +933,18 @@ class _IndexTables:
         """Colour ids × 512 of what lies under ``pixels`` that are not a cell's plain colour.
 
         Over a grid line's blend: the id of that blend of the cell's colour (the blends are colours
-        like any other, given ids as they are first met). Elsewhere: the static picture's colour.
-        With an id, a text pixel over them is looked up in the tables like one over a cell.
+        like any other, given ids as they are first met). Elsewhere: the static picture's colour,
+        which ``under`` then keeps for the pixel (until the static picture changes). With an id,
+        a text pixel over them is looked up in the tables like one over a cell.
         """
         out = np.empty(pixels.size, np.int32)
         slot = self.slot[pixels]
         grid = slot >= 0
         if not grid.all():
-            out[~grid] = self._static_keys(pixels[~grid])
+            static = pixels[~grid]
+            ids = self.packed_ids(self.static_packed()[static].astype(np.int64)).astype(np.int32)
+            self.under[static] = self.n_cells + 1 + ids
+            out[~grid] = ids << 9
         if grid.any():
             j = slot[grid]
             colour, pattern = cid[self.c.mixed_cell[j]], self.c.mixed_pattern[j]
@@ -949,18 +955,6 @@ class _IndexTables:
                 self.pattern_ids[colour[new], pattern[new]] = ids[new]
             out[grid] = ids << 9
         return out
-
-    def _static_keys(self, pixels: np.ndarray) -> np.ndarray:
-        """The colour ids × 512 of the static picture at ``pixels``, kept per pixel once looked up."""
-        if self._keys_version != self.c.static_version:
-            self.static_key = np.full(self.c.height * self.c.width, -1, np.int32)
-            self._keys_version = self.c.static_version
-        found = np.asarray(self.static_key[pixels])
-        new = found < 0
-        if new.any():
-            fresh = self.packed_ids(self.static_packed()[pixels[new]].astype(np.int64)).astype(np.int32) << 9
-            self.static_key[pixels[new]] = found[new] = fresh
-        return found
 
     def static_packed(self) -> np.ndarray:
         """The static picture as packed ``0xRRGGBB`` colours, one per pixel (made again after a colorbar redraw)."""
