@@ -73,13 +73,13 @@ def main() -> None:
     def start(module: Any) -> tuple[Any, Any]:
         # The renderer makes its composer with the first frame: draw that with the module in place.
         sys.modules["mlflow_weightviz._glyphs"] = module
-        mlflow_weightviz._glyphs = module  # type: ignore[attr-defined]
+        mlflow_weightviz._glyphs = module
         try:
             r = HeatmapRenderer(**renderer_kwargs((rows, cols), original=True))
             encoder, _ = encode_next(r, None, stack[0], titles[0], (0.0, 0.05))
         finally:
             sys.modules["mlflow_weightviz._glyphs"] = current
-            mlflow_weightviz._glyphs = current  # type: ignore[attr-defined]
+            mlflow_weightviz._glyphs = current
         assert type(r._fast).__module__ == module.__name__, "the composer is not the one asked for"
         return r, encoder
 
