@@ -114,15 +114,16 @@ class Quantizer:
 
     def lookup(self, key: np.ndarray) -> np.ndarray:
         """The palette indices of colours packed as ``0xRRGGBB`` (uint32), like :meth:`__call__` of the colours."""
-        index = self._lut[key]
+        index = np.take(self._lut, key)  # (faster than fancy indexing)
         unknown = index == TRANSPARENT
         if unknown.any():
-            new = np.unique(key[unknown])
+            missing = key[unknown]
+            new = np.unique(missing)
             colours = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.float32)
             for start in range(0, len(new), 1024):  # (1024 × 255) distance blocks stay in the cache
                 dist = self._norms - colours[start:start + 1024] @ self._twice  # |c|² is the same along a row
                 self._lut[new[start:start + 1024]] = dist.argmin(axis=1).astype(np.uint8)
-            index = self._lut[key]
+            index[unknown] = np.take(self._lut, missing)
         return np.asarray(index)
 
 

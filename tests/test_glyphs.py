@@ -246,6 +246,37 @@ def test_composed_indices_equal_the_exact_mapping_on_random_small_cases(
         == (3 if seed % 2 else 4)
 
 
+@pytest.mark.parametrize("cmap", ["YlGn", "RdBu_r", "tab10"])
+def test_cell_colour_entries_equal_matplotlibs_norm_and_colormap(cmap: str, pair: list[HeatmapRenderer]) -> None:
+    # The composer picks each cell's colour from tables of the colormap's entries (without matplotlib's
+    # masked-array calls): the colour and the text colour must be those matplotlib gives, at every edge.
+    r = make((4, 6), cmap=cmap, vmin=-0.05, vmax=0.05)
+    pair.append(r)
+    r.render(np.zeros((4, 6)), "step 0")
+    c = r._fast
+    assert c is not None
+    rng = np.random.default_rng(7)
+    lo, hi = -0.05, 0.05
+    edges = [lo, hi, np.nextafter(hi, -np.inf), np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf), 0.0, -0.0,
+             1e300, -1e300, np.nan, np.inf, -np.inf, lo + (hi - lo) * 0.5, lo + (hi - lo) / 256 * 3]
+    for limits in [(lo, hi), (0.0, 1e-9), (-1e6, 1e-6)]:
+        r._fast._set_limits(limits)
+        for _ in range(5):
+            values = rng.uniform(limits[0] - 0.01, limits[1] + 0.01, 24)
+            values[:len(edges)] = rng.permutation(np.array(edges) * (limits[1] - limits[0]) / (hi - lo))
+            values[:3] = [limits[0], limits[1], np.nan]
+            entry = c._entries_of(values.reshape(4, 6))
+            assert entry is not None
+            normed = r._norm(np.ma.masked_invalid(values.reshape(4, 6)))
+            np.testing.assert_array_equal(c.cmap_bytes[entry], r._cmap(normed, bytes=True)[..., :3].reshape(-1, 3))
+            np.testing.assert_array_equal(c.cmap_dark[entry], r._text_dark(normed))
+    # Scales this route does not cover leave it to matplotlib's own calls.
+    for norm in (matplotlib.colors.Normalize(0.0, 0.0), matplotlib.colors.PowerNorm(0.5, 0.0, 1.0),
+                 matplotlib.colors.Normalize(0.0, 1.0, clip=True)):
+        r._norm = norm
+        assert c._entries_of(np.zeros((4, 6))) is None
+
+
 @pytest.mark.slow
 def test_gif_colours_differ_from_matplotlib_no_more_than_the_rgb_path(pair: list[HeatmapRenderer]) -> None:
     """The frames as the GIF shows them (palette colours of the composed indices), against matplotlib's own
