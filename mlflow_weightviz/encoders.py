@@ -120,9 +120,11 @@ class Quantizer:
             missing = key[unknown]
             new = np.unique(missing)
             colours = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=1).astype(np.float32)
-            for start in range(0, len(new), 1024):  # (1024 × 255) distance blocks stay in the cache
-                dist = self._norms - colours[start:start + 1024] @ self._twice  # |c|² is the same along a row
-                self._lut[new[start:start + 1024]] = dist.argmin(axis=1).astype(np.uint8)
+            # (256 × 255) distance blocks stay in the L2 cache, and BLAS keeps products this small on one
+            # thread: blocks of 1024 rows measured 10-45x slower per colour on 2 vCPUs.
+            for start in range(0, len(new), 256):
+                dist = self._norms - colours[start:start + 256] @ self._twice  # |c|² is the same along a row
+                self._lut[new[start:start + 256]] = dist.argmin(axis=1).astype(np.uint8)
             index[unknown] = np.take(self._lut, missing)
         return np.asarray(index)
 
