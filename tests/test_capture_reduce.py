@@ -49,7 +49,7 @@ def awkward(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 SHAPES = [((130, 70), 64, 64), ((7, 5, 11), 3, 4), ((1000,), 8, 8), ((65, 65), 64, 64), ((200, 301), 64, 64),
           ((3, 3, 3, 3), 2, 2), ((129, 2), 64, 64),
-          # wide blocks (reduced across their columns by reduceat), with a ragged last one
+          # wide blocks (36-48 columns), with a ragged last one
           ((90, 1601), 8, 64), ((60, 3072), 4, 64)]
 
 
