@@ -129,7 +129,8 @@ class Composer:
         self.agg[ay0:ay1, ax0:ax1, :3] = black[ay0:ay1, ax0:ax1]
 
         # The cells' region: where the picture depends on the cell colours at all.
-        touched = (black[ay0:ay1, ax0:ax1] != white[ay0:ay1, ax0:ax1]).any(axis=2)
+        diff = black[ay0:ay1, ax0:ax1] != white[ay0:ay1, ax0:ax1]
+        touched = diff[..., 0] | diff[..., 1] | diff[..., 2]  # not .any(axis=2): ~5x slower over 3 channels
         ys, xs = np.flatnonzero(touched.any(axis=1)) + ay0, np.flatnonzero(touched.any(axis=0)) + ax0
         self.y0, self.y1, self.x0, self.x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
         col_of = self._cell_runs(coded_row[self.x0:self.x1], rows * cols, lambda c: c % cols, lambda c: c < cols)
@@ -141,7 +142,8 @@ class Composer:
         # Pixels of the region that are not plain cell colour: grid lines and their edges.
         region_b = black[self.y0:self.y1, self.x0:self.x1]
         region_w = white[self.y0:self.y1, self.x0:self.x1]
-        mixed = ~((region_b == 0).all(axis=2) & (region_w == 255).all(axis=2))
+        mixed = ((region_b[..., 0] | region_b[..., 1] | region_b[..., 2]) != 0) | (
+            (region_w[..., 0] & region_w[..., 1] & region_w[..., 2]) != 255)
         my, mx = np.nonzero(mixed)
         at = (my + self.y0) * width + (mx + self.x0)
         base = region_b[my, mx]
@@ -155,8 +157,16 @@ class Composer:
         # For frames composed as palette indices: each grid pixel's blend as one of a few patterns.
         self.fixed_px = at[fixed]
         self.mixed_px = at[~fixed]
-        patterns, inverse = np.unique(np.hstack([base[~fixed], span[~fixed]]).astype(np.int16).reshape(-1, 6),
-                                      axis=0, return_inverse=True)
+        # Each (base, span) packed into one int64, in the order of its six numbers: np.unique over
+        # rows (axis=0) would sort a structured view, about 10x slower, for the same patterns.
+        parts = np.hstack([base[~fixed].astype(np.int64), span[~fixed].astype(np.int64) + 255])
+        keys = np.zeros(len(parts), np.int64)
+        for column in range(6):
+            np.left_shift(keys, 9, out=keys)
+            np.bitwise_or(keys, parts[:, column], out=keys)
+        packed, inverse = np.unique(keys, return_inverse=True)
+        patterns = (packed[:, None] >> np.arange(45, -1, -9)) & 511
+        patterns[:, 3:] -= 255
         self.pattern_base = patterns[:, :3].astype(np.int32)
         self.pattern_span = patterns[:, 3:].astype(np.int32)
         self.mixed_pattern = inverse.reshape(-1).astype(np.intp)

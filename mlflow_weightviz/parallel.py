@@ -150,6 +150,19 @@ class _LayerState:
     def draw(self, i: int, title: str, limits: tuple[float, float]) -> np.ndarray:
         return self.renderer.render(np.asarray(self.stack[i]), title, limits, copy=False)
 
+    def seek(self, encoder: FrameEncoder, i: int, title: str, limits: tuple[float, float]) -> None:
+        """Make frame ``i`` the encoder's previous frame without encoding it (a chunk starting after a gap).
+
+        Composed as palette indices from the frame this worker drew last when it can (a few
+        ms), else drawn in RGB and mapped whole (the first chunk a worker gets mid-layer).
+        """
+        index = self.renderer.render_indices(np.asarray(self.stack[i]), title, limits, quantize=encoder.quantize,
+                                             previous=encoder.previous)
+        if index is None:
+            encoder.reset(self.draw(i, title, limits))
+        else:
+            encoder.previous = index
+
     def close(self) -> None:
         self.renderer.close()
         del self.stack
@@ -176,7 +189,7 @@ def _run_task(task: _Task) -> _Result:
     elif task.start == 0:
         encoder.previous = None
     elif state.last != task.start - 1:  # draw the frame before again, to diff against it
-        encoder.reset(state.draw(task.start - 1, task.titles[0], task.limits[0]))
+        state.seek(encoder, task.start - 1, task.titles[0], task.limits[0])
     blocks: list[bytes | None] = []
     indices: list[np.ndarray] | None = [] if task.indices else None
     for i in range(task.start, task.stop):

@@ -164,3 +164,31 @@ def test_frame_zero_is_drawn_once_by_whole_layers_and_gives_one_process_palette(
     drawn.clear()
     encode_range(layer, 3, 6)  # a chunk mid-layer: frame 0 once for the palette, frame 2 to diff against
     assert drawn == [layer.titles[i] for i in (0, 2, 3, 4, 5)]
+
+
+def test_a_later_chunk_after_a_gap_is_diffed_against_indices_composed_not_drawn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_weightviz import parallel
+    from mlflow_weightviz.frames import HeatmapRenderer
+
+    layer = job(tmp_path, frames=10)
+    expected = encode_range(layer)
+    rgb: list[str] = []
+    render = HeatmapRenderer.render
+
+    def counting(self: HeatmapRenderer, *args: object, **kwargs: object) -> np.ndarray:
+        rgb.append(str(args[1]))
+        return render(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HeatmapRenderer, "render", counting)
+    # One worker's tasks when two share a layer: frames 0-1, then (after a gap) 4-5 and 8-9.
+    try:
+        got = [parallel._run_task(parallel._tasks(layer, start, start + 2)) for start in (0, 4, 8)]
+    finally:
+        state = parallel._STATES.pop(layer.key, None)
+        if state is not None:
+            state.close()
+    assert [b for _, _, blocks, _ in got for b in blocks] == [expected[i].block for i in (0, 1, 4, 5, 8, 9)]
+    # Only frame 0 is drawn in RGB (for the palette); frames 3 and 7, the ones before each gap's
+    # chunk, are composed as palette indices from the frame this worker drew last.
+    assert rgb == [layer.titles[0]]
