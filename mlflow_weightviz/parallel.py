@@ -135,10 +135,13 @@ class _LayerState:
         self.renderer = build_renderer(task.renderer)
         self.stack = np.load(task.stack_path, mmap_mode="r")
         self.encoder: FrameEncoder | None = None
-        if task.start > 0:
-            self.palette_from(self.draw(0, task.first[0], task.first[1]))
-        self.size = self.renderer.size
         self.last = -1  # the frame the encoder holds as the previous one
+        if task.start > 0:
+            first = self.draw(0, task.first[0], task.first[1])
+            # Frame 0 mapped as the previous frame: the frame before this chunk is then composed from it.
+            self.palette_from(first).reset(first)
+            self.last = 0
+        self.size = self.renderer.size
 
     def palette_from(self, first: np.ndarray) -> FrameEncoder:
         """The encoder, with the palette of ``first`` (frame 0 as drawn)."""
@@ -153,8 +156,8 @@ class _LayerState:
     def seek(self, encoder: FrameEncoder, i: int, title: str, limits: tuple[float, float]) -> None:
         """Make frame ``i`` the encoder's previous frame without encoding it (a chunk starting after a gap).
 
-        Composed as palette indices from the frame this worker drew last when it can (a few
-        ms), else drawn in RGB and mapped whole (the first chunk a worker gets mid-layer).
+        Composed as palette indices from the frame this worker drew last (a few ms), else (a
+        new colour scale) drawn in RGB and mapped whole.
         """
         index = self.renderer.render_indices(np.asarray(self.stack[i]), title, limits, quantize=encoder.quantize,
                                              previous=encoder.previous)
