@@ -317,8 +317,10 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
             rows = slice(i, i + m)
             cube.sum(1, dtype=acc, out=sums[rows])
             np.einsum("ijk,ijk->ik", cube, cube, dtype=acc, out=squared[rows])
-            cube.max(1, out=highs[rows])
-            cube.min(1, out=lows[rows])
+            # fmax/fmin, not max/min: no NaN propagation to check per value, about 2x faster. A block
+            # row with a NaN (or an infinity) has a non-finite sum and is redone by the NaN-aware path below.
+            np.fmax.reduce(cube, axis=1, out=highs[rows])
+            np.fmin.reduce(cube, axis=1, out=lows[rows])
             if y is not None and signs is not None:
                 c0 = 0
                 for p, q in zip(_split_columns(part, bc), _split_columns(signs[rows], bc), strict=True):
@@ -394,8 +396,8 @@ def _numpy_segments(x: np.ndarray, acc: Any) -> tuple[np.ndarray, ...]:
             part = x[r:r + step]
             part.sum(-1, dtype=acc, out=s[r:r + step])
             np.einsum("ijk,ijk->ij", part, part, dtype=acc, out=sq[r:r + step])
-            part.max(-1, out=hi[r:r + step])
-            part.min(-1, out=lo[r:r + step])
+            np.fmax.reduce(part, axis=-1, out=hi[r:r + step])  # (as in _numpy_whole: NaNs take the path below)
+            np.fmin.reduce(part, axis=-1, out=lo[r:r + step])
         if np.isfinite(s).all():
             peak = np.where(hi >= -lo, hi, lo)
             tie = (hi == -lo) & (hi != 0)
