@@ -36,7 +36,7 @@ import json
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,12 +220,18 @@ def partials_of(items: list[tuple[Any, BlockPlan]], sketch: bool = False) -> lis
 
     big = [i for i, (value, _) in enumerate(items)
            if host(value) and math.prod(getattr(value, "shape", ())) >= _LAYER_THREADED_VALUES]
-    found: dict[int, Partial] = {}
-    if len(big) > 1 and not _in_pool():
-        found = dict(zip(big, _pool().map(lambda i: partial_of(items[i][0], 0, items[i][1], sketch), big),
-                         strict=True))
-    return [found[i] if i in found else partial_of(value, 0, blocks, sketch)
-            for i, (value, blocks) in enumerate(items)]
+    if len(big) < 2 or _in_pool():
+        return [partial_of(value, 0, blocks, sketch) for value, blocks in items]
+    pending = {i: _pool().submit(partial_of, items[i][0], 0, items[i][1], sketch) for i in big}
+    try:
+        # Small numpy-reduced layers on this thread meanwhile, rather than after the big ones (a
+        # serial tail); torch-reduced ones after, so that torch's threads never meet the pool's.
+        found = {i: partial_of(value, 0, blocks, sketch) for i, (value, blocks) in enumerate(items)
+                 if i not in pending and host(value)}
+    finally:
+        wait(pending.values())  # never return while a task still reads the tensors
+    found.update((i, future.result()) for i, future in pending.items())
+    return [found[i] if i in found else partial_of(value, 0, blocks, sketch) for i, (value, blocks) in enumerate(items)]
 
 
 def _in_pool() -> bool:
