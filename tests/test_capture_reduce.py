@@ -156,6 +156,24 @@ def test_record_stores_big_layers_reduced_small_ones_exact_and_crops_exact() -> 
     assert sum(a.nbytes for k, a in stored[0].items() if k.startswith("0.weight::")) == 3 * 50 * 60 * 4
 
 
+def test_recording_leaves_the_parameters_storage_resizable() -> None:
+    """Reading goes through DLPack views: Tensor.numpy() would mark the storage not resizable for good
+    (FSDP1 frees gathered parameters by resizing their storage to 0, which then fails)."""
+    import mlflow
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(60, 10))  # reduced, and exact
+    with mlflow.start_run(), wv.record(model, every=1, render=False,
+                                       crops={"0.weight": (slice(0, 4), slice(0, 4))}) as rec:
+        assert rec.step(0)
+    assert rec.failures == 0
+    for name, p in model.named_parameters():
+        assert p.untyped_storage().resizable(), name
+    p = torch.zeros(3)
+    p.numpy()
+    assert not p.untyped_storage().resizable()  # what the check would catch
+
+
 def test_reduce_false_keeps_everything_and_max_rows_sets_the_capture_grid() -> None:
     import mlflow
     import torch

@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_weightviz.capture.reduce import META_KEY, Partial, dtype_name, is_torch, metadata_array, partials_of, plan
+from mlflow_weightviz.capture.reduce import (
+    META_KEY,
+    Partial,
+    dtype_name,
+    host_array,
+    is_torch,
+    metadata_array,
+    partials_of,
+    plan,
+)
 from mlflow_weightviz.errors import UsageError
 from mlflow_weightviz.grid import matrix_shape
 from mlflow_weightviz.snapshots import STEPS_KEY
@@ -33,7 +42,7 @@ def to_numpy(value: Any) -> np.ndarray:
         tensor = value.detach()
         if str(getattr(tensor, "dtype", "")) == "torch.bfloat16":
             tensor = tensor.float()  # numpy has no bfloat16
-        return np.asarray(tensor.cpu().numpy())
+        return host_array(tensor.cpu())  # (not .numpy(): see host_array)
     if type(value).__module__.startswith("keras.") and hasattr(value, "value"):
         # A Keras 3 Variable: convert the backend tensor it wraps (its own .numpy() warns under numpy 2).
         return to_numpy(value.value)

@@ -23,10 +23,10 @@ def missing(framework: str, extra: str) -> MissingDependencyError:
 
 
 def sharded(model: Any) -> bool:
-    """Whether a model's parameters are sharded DTensors (FSDP2): then every rank takes part in recording."""
-    from mlflow_weightviz.capture.recorder import _has_dtensors
+    """Whether a model is sharded (FSDP2 DTensors, or FSDP1 modules): then every rank takes part in recording."""
+    from mlflow_weightviz.capture.recorder import _fsdp1, _has_dtensors
 
-    return _has_dtensors(model)
+    return _has_dtensors(model) or _fsdp1(model)
 
 
 def pick_every(unit_a: str, a: int | None, unit_b: str, b: int | None, default: tuple[str, int]) -> tuple[str, int]:

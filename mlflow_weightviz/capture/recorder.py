@@ -19,9 +19,11 @@ layer whole; ``crops=`` keeps chosen regions exactly.
 
 Under ``torch.distributed`` one rank records (see ``_distributed.py``): rank 0 of the
 default process group, after every rank reduced its own shard when the parameters are
-sharded (FSDP2). A capture problem while training (a layer that cannot be read or
-reduced, a full disk, a failed upload) is a :class:`WeightvizWarning`, given once, and
-training goes on; only the arguments of :func:`record` raise, when it is called.
+sharded (FSDP2); under FSDP1 every rank gathers the full parameters to rank 0 with
+``summon_full_params`` (offloaded to its CPU) at each snapshot. A capture problem while
+training (a layer that cannot be read or reduced, a full disk, a failed upload) is a
+:class:`WeightvizWarning`, given once, and training goes on; only the arguments of
+:func:`record` raise, when it is called.
 
 On exit the buffer is flushed, then the run's snapshots are rendered to GIFs and logged
 to the run. If training raised, the same happens and the exception propagates.
@@ -91,10 +93,18 @@ class Recorder:
         self._read = source_reader(source)
         self._world = _distributed.world()
         self._sharded = self._world is not None and _has_dtensors(source)
+        # FSDP1 holds flat shards: every rank gathers the full parameters with summon_full_params.
+        self._summoned = source if not self._sharded and _fsdp1(source) else None
         # Who does what: "solo" records alone, "lead" records from every rank's shard,
-        # "helper" sends its shard to the lead, "idle" (data-parallel rank > 0) does nothing.
+        # "helper" sends its shard to the lead, "summon" (FSDP1 rank > 0) only takes part in
+        # the gathering, "idle" (data-parallel rank > 0) does nothing.
         rank = 0 if self._world is None else self._world[0]
-        self._role = ("lead" if rank == 0 else "helper") if self._sharded else ("solo" if rank == 0 else "idle")
+        if self._sharded:
+            self._role = "lead" if rank == 0 else "helper"
+        elif self._summoned is not None:
+            self._role = "solo" if rank == 0 else "summon"
+        else:
+            self._role = "solo" if rank == 0 else "idle"
         if self._writes:
             self._client: MlflowClient = _tracking.client(tracking_uri)
             self.tracking_uri: str = str(self._client.tracking_uri)
@@ -115,17 +125,15 @@ class Recorder:
         self._sealed: list[Segment] = []
         self._segments_made = 0
         self._retry_at = 0
-        if _fsdp1(source):
-            warnings.warn("this model is wrapped in FSDP1 (FullyShardedDataParallel): its parameters are flat "
-                          "shards, so rank 0 would record only its own shard; use FSDP2 (fully_shard), "
-                          "which mlflow-weightviz records whole", WeightvizWarning, stacklevel=3)
         # Training diagnostics, measured at each snapshot and logged in the background (see _live.py).
         self._live: LiveMetrics | None = None
         if self._writes and self.settings.options.outputs.metrics:
             self._live = LiveMetrics(MetricLog(self._client, self.run_id), self.settings.grid)
         self._measure_failures = 0
         self._sketch_cache: dict[Any, Any] = {}  # non-None: ranks measure their rows for the metrics
-        if _readable_now(source):  # a model or a mapping: a layer selection that matches nothing fails now
+        # A model or a mapping: a layer selection that matches nothing fails now. (Not under FSDP1:
+        # its layer names are only there while the parameters are gathered, a collective.)
+        if _readable_now(source) and self._summoned is None:
             self._check_selection()
         self._dir = Path()
         if self._writes:
@@ -169,8 +177,9 @@ class Recorder:
         warning), so nothing is recorded twice. A snapshot that cannot be taken (the
         source raises, a layer cannot be reduced, the disk is full) is skipped with a
         :class:`WeightvizWarning`, given once; training goes on. On data-parallel ranks
-        other than 0 this returns ``False`` at once; with sharded parameters every rank
-        must call it at the same steps.
+        other than 0 this returns ``False`` at once; with sharded parameters (FSDP2, or
+        FSDP1, whose full parameters are gathered to rank 0) every rank must call it at
+        the same steps.
 
         Raises:
             UsageError: ``step`` is not a non-negative integer, or the recorder is closed.
@@ -195,6 +204,8 @@ class Recorder:
             return False
         if self._sharded:
             return self._capture_sharded(step)
+        if self._summoned is not None:
+            return self._capture_summoned(step)
         try:
             arrays, measured, partials = self._snapshot()
         except Exception as err:  # a capture problem never stops training
@@ -374,6 +385,39 @@ class Recorder:
             self._measure_combined(step, arrays, _distributed.measures(pieces))
         return stored
 
+    def _capture_summoned(self, step: int) -> bool:
+        """FSDP1: every rank gathers the full parameters (to rank 0 only, on its CPU); rank 0 records them.
+
+        ``summon_full_params`` is a collective, so every rank calls it at the same steps;
+        what rank 0 does inside (reading, reducing, buffering, measuring) involves no other
+        rank, and a problem there is a warning that leaves the context normally.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        module = self._summoned
+        assert module is not None
+        stored = False
+        try:
+            # Offloaded to the CPU when they live elsewhere: rank 0 never holds the whole model on an
+            # accelerator. (On the CPU, torch's offload path fails, and there is nothing to move.)
+            offload = any(p.device.type != "cpu" for p in module.parameters())
+            with FullyShardedDataParallel.summon_full_params(module, writeback=False, rank0_only=True,
+                                                             offload_to_cpu=offload):
+                self.last_step = step  # on every rank alike, so later steps stay in step
+                if self._role == "solo":
+                    try:
+                        arrays, measured, partials = self._snapshot()
+                    except Exception as err:  # a capture problem never stops training
+                        self._capture_failed(step, err)
+                    else:
+                        stored = self._store(step, arrays)
+                        # Inside: the full parameters exist only while they are gathered.
+                        self._measure(step, measured, arrays, partials)
+                        del arrays, measured  # exact layers may be views of memory FSDP frees on leaving
+        except Exception as err:  # gathering the parameters failed
+            self._capture_failed(step, err)
+        return stored
+
     def _store(self, step: int, arrays: Mapping[str, Any]) -> bool:
         """Buffer one snapshot and upload a chunk when one is full; problems are warnings."""
         if self._segment is not None and not self._segment.layout.matches(arrays):
@@ -494,8 +538,9 @@ def _has_dtensors(source: Any) -> bool:
 
 
 def _fsdp1(source: Any) -> bool:
+    """Whether the source is (or holds) an FSDP1 ``FullyShardedDataParallel`` module."""
     modules = getattr(source, "modules", None)
-    if not callable(modules) or _distributed.world() is None:
+    if not callable(modules) or "torch.distributed.fsdp" not in sys.modules:
         return False
     try:
         return any(type(m).__name__ == "FullyShardedDataParallel" for m in modules())

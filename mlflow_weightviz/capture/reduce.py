@@ -44,8 +44,8 @@ import numpy as np
 
 from mlflow_weightviz.grid import matrix_shape
 
-__all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "block_sketch", "dtype_name", "is_torch",
-           "metadata_array", "partial_of", "partials_of", "plan", "reduce_layer", "sketch_buckets"]
+__all__ = ["BAND_VALUES", "META_KEY", "STATS", "BlockPlan", "Partial", "block_sketch", "dtype_name", "host_array",
+           "is_torch", "metadata_array", "partial_of", "partials_of", "plan", "reduce_layer", "sketch_buckets"]
 
 #: The member of a snapshot file that describes its reduced layers and crops.
 META_KEY = "__weightviz__"
@@ -198,12 +198,26 @@ def partial_of(value: Any, row0: int, blocks: BlockPlan, sketch: bool = False) -
             return _torch_partial(tensor, row0, blocks, sketch)
         # On the CPU numpy reads the same memory (no copy) and its single-threaded
         # reductions do not pay a thread-pool round trip per call, so they are faster here.
-        value = tensor.numpy()
+        value = host_array(tensor)
     from mlflow_weightviz.capture._arrays import to_numpy
 
     arr = value if isinstance(value, np.ndarray) else to_numpy(value)
     rows = int(arr.size // cols) if cols else 0
     return _numpy_partial(arr.reshape(rows, cols), row0, blocks, sketch)
+
+
+def host_array(tensor: Any) -> np.ndarray:
+    """A numpy view of a CPU tensor's memory (no copy) that leaves the tensor as it was.
+
+    ``Tensor.numpy()`` marks the tensor's storage as not resizable, for good. FSDP1 frees
+    the parameters it gathered with ``summon_full_params`` by resizing their storage to 0,
+    which then fails; a DLPack view changes nothing on the tensor. ``.numpy()`` remains the
+    fallback for what DLPack cannot export.
+    """
+    try:
+        return np.from_dlpack(tensor)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return np.asarray(tensor.numpy())
 
 
 def partials_of(items: list[tuple[Any, BlockPlan]], sketch: bool = False) -> list[Partial]:
