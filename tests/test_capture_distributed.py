@@ -230,7 +230,7 @@ def test_fsdp1_ranks_gather_the_full_parameters_and_rank_0_stores_one_series(tmp
     proc = _torchrun(tmp_path, _FSDP1)
     assert "rank 0 done, failures=0" in proc.stdout
     assert "rank 1 done, failures=0" in proc.stdout
-    assert "FSDP1" not in proc.stderr  # no longer a warning: recorded whole
+    assert "wrapped in FSDP1" not in proc.stderr  # the old warning (recorded only rank 0's shard) is gone
     stored = _stored(tmp_path)
     assert sorted(stored) == [0, 2, 4]  # one series: each step once, from rank 0 only
     for step, arrays in stored.items():

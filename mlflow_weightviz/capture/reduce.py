@@ -392,8 +392,7 @@ def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
     if op is np.add and arr.shape[1] % bc == 0:
         # Sums as a matrix-vector product with ones (in float64): about 4x faster than the
         # transposed copy below, which costs more than the additions themselves.
-        return np.asarray(arr.astype(np.float64).reshape(-1, bc) @ np.ones(bc), dtype=np.float64).reshape(
-            arr.shape[0], -1)
+        return (arr.astype(np.float64).reshape(-1, bc) @ np.ones(bc)).reshape(arr.shape[0], -1)
     if arr.shape[1] % bc == 0:  # no ragged last block: one call, no concatenation
         # A block's columns as the outer axis (a small copy): numpy then reduces whole contiguous
         # slices with its vector loops, not one short run per block (13× faster for 12 columns).
