@@ -236,15 +236,16 @@ def partials_of(items: list[tuple[Any, BlockPlan]], sketch: bool = False) -> lis
            if host(value) and math.prod(getattr(value, "shape", ())) >= _LAYER_THREADED_VALUES]
     if len(big) < 2 or _in_pool():
         return [partial_of(value, 0, blocks, sketch) for value, blocks in items]
+    # Small numpy-reduced layers (biases) first, on this thread, not side by side with the big ones:
+    # their many short numpy calls hold the GIL, which a thread coming back from a long reduction
+    # then waits for (rec.step() of the 50M MLP ~3% faster, 60 alternating pairs). Right after a
+    # training step this also runs while torch's idle OpenMP thread still spins on the other core.
+    found = {i: partial_of(value, 0, blocks, sketch) for i, (value, blocks) in enumerate(items)
+             if i not in big and host(value)}
     pending = {i: _pool().submit(partial_of, items[i][0], 0, items[i][1], sketch) for i in big}
-    try:
-        # Small numpy-reduced layers on this thread meanwhile, rather than after the big ones (a
-        # serial tail); torch-reduced ones after, so that torch's threads never meet the pool's.
-        found = {i: partial_of(value, 0, blocks, sketch) for i, (value, blocks) in enumerate(items)
-                 if i not in pending and host(value)}
-    finally:
-        wait(pending.values())  # never return while a task still reads the tensors
+    wait(pending.values())  # never return (or reduce with torch's threads) while a task still runs
     found.update((i, future.result()) for i, future in pending.items())
+    # Torch-reduced ones last, so that torch's threads never meet the pool's.
     return [found[i] if i in found else partial_of(value, 0, blocks, sketch) for i, (value, blocks) in enumerate(items)]
 
 
@@ -360,8 +361,8 @@ def _numpy_whole(band: np.ndarray, br: int, bc: int, acc: Any,
         for i in starts:
             block_rows(i)
     total, squares = _across(sums, bc, np.add), _across(squared, bc, np.add)
-    top, bottom = _across(highs, bc, np.maximum), _across(lows, bc, np.minimum)
-    sizes = np.array([min(bc, cols - c * bc) for c in range(gc)], dtype=np.float64)
+    top, bottom = _across(highs, bc, np.fmax), _across(lows, bc, np.fmin)
+    sizes = np.minimum(bc, cols - np.arange(gc, dtype=np.float64) * bc)
     count = np.repeat(sizes[None, :] * float(br), k, axis=0)
     for bad in np.nonzero(~np.isfinite(total).all(axis=1))[0]:
         # A NaN or an infinity in this block row: the slower NaN-skipping path.
@@ -388,19 +389,16 @@ def _pool() -> ThreadPoolExecutor:
 
 def _across(arr: np.ndarray, bc: int, op: Any) -> np.ndarray:
     """Reduce each row's runs of ``bc`` columns (the last one may be shorter) with ``op``, into float64."""
-    dtype = np.float64 if op is np.add else None
     if op is np.add and arr.shape[1] % bc == 0:
-        # Sums as a matrix-vector product with ones (in float64): about 4x faster than the
-        # transposed copy below, which costs more than the additions themselves.
-        return (arr.astype(np.float64).reshape(-1, bc) @ np.ones(bc)).reshape(arr.shape[0], -1)
-    if arr.shape[1] % bc == 0:  # no ragged last block: one call, no concatenation
-        # A block's columns as the outer axis (a small copy): numpy then reduces whole contiguous
-        # slices with its vector loops, not one short run per block (13× faster for 12 columns).
-        found = op.reduce(np.ascontiguousarray(arr.reshape(arr.shape[0], -1, bc).transpose(2, 0, 1)), axis=0,
-                          dtype=dtype)
-    else:
-        found = np.concatenate([op.reduce(x, axis=-1, dtype=dtype) for x in _split_columns(arr, bc)], axis=1)
-    return np.asarray(found, dtype=np.float64)
+        # Sums as a matrix-vector product with ones, in the per-column arrays' precision (they are
+        # float32 sums of a block's rows already): about 4x faster than a transposed copy and a
+        # reduction, which cost more than the additions themselves.
+        return (arr.reshape(-1, bc) @ np.ones(bc, dtype=arr.dtype)).reshape(arr.shape[0], -1).astype(np.float64)
+    # One call for all the runs, the ragged last one included (~30% faster than a reduction
+    # over a transposed copy, 2x faster than over a (rows, blocks, bc) view).
+    found: np.ndarray = op.reduceat(arr, np.arange(0, arr.shape[1], bc), axis=1,
+                                    dtype=np.float64 if op is np.add else None)
+    return found.astype(np.float64, copy=False)
 
 
 def _numpy_rows(band: np.ndarray, bc: int, acc: Any) -> _Four:
