@@ -92,8 +92,6 @@ rec.close()
 print(f"rank {rank} done, failures={rec.failures}", flush=True)
 dist.barrier()
 dist.destroy_process_group()
-if rank == 0:
-    mlflow.end_run()
 """
 
 _DDP = _COMMON + """
